@@ -3,6 +3,20 @@
 See docs/architecture.md and the ``data`` section of the README.
 """
 
+from .arrow import (
+    ARROW_SCHEMA_KINDS,
+    SNLI_VE_LABELS,
+    ArrowDataset,
+    ArrowNLVR2Dataset,
+    ArrowPretrainingPairs,
+    ArrowRetrievalDataset,
+    ArrowSNLIVEDataset,
+    ArrowVQADataset,
+    TaskCollator,
+    arrow_schema,
+    vqa_soft_targets,
+    write_arrow_table,
+)
 from .collate import (
     PretrainingCollator,
     apply_hard_negatives,
@@ -77,4 +91,16 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "ImageTransform",
+    "ARROW_SCHEMA_KINDS",
+    "SNLI_VE_LABELS",
+    "ArrowDataset",
+    "ArrowNLVR2Dataset",
+    "ArrowPretrainingPairs",
+    "ArrowRetrievalDataset",
+    "ArrowSNLIVEDataset",
+    "ArrowVQADataset",
+    "TaskCollator",
+    "arrow_schema",
+    "vqa_soft_targets",
+    "write_arrow_table",
 ]

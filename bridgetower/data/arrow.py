@@ -1,0 +1,892 @@
+"""Streaming readers for the pyarrow tables of the official BridgeTower / ViLT data preparation.
+
+The official repository converts every corpus into Arrow IPC *file* format tables
+(``pa.RecordBatchFileWriter``, i.e. ``pa.ipc.new_file``; magic bytes ``ARROW1``), one row
+per image. The column layouts (``src/utils/write_*.py`` there) are:
+
+=============== ============================================================================
+kind            columns (Arrow type)
+=============== ============================================================================
+``caption``     ``image`` binary, ``caption`` list<string> (all captions of the image),
+                ``image_id`` string, ``split`` string. COCO and Flickr30k Karpathy splits,
+                Conceptual Captions, SBU.
+``vg``          ``image``, ``caption`` list<string> (region phrases), ``width``,
+                ``height``, ``x``, ``y`` list<int64> (one box per phrase), ``image_id``
+                string. Visual Genome.
+``vqa``         ``image``, ``questions`` list<string>, ``answers`` list<list<string>>,
+                ``answer_labels`` list<list<int64>> (indices into the answer vocabulary),
+                ``answer_scores`` list<list<double>> (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 /
+                4+ annotators), ``image_id`` int64, ``question_id`` list<int64>, ``split``
+                string. VQAv2; the test tables have empty answer lists.
+``nlvr2``       ``image_0``, ``image_1`` binary (left and right), ``questions``
+                list<string> (the statements about this pair), ``answers`` list<string>
+                (``"True"`` / ``"False"``), ``identifier`` string.
+``snli_ve``     ``image``, ``sentences`` list<list<string>> (``[premise, hypothesis]``
+                pairs), ``labels`` list<int64> (0 contradiction, 1 neutral, 2 entailment).
+=============== ============================================================================
+
+The datasets here read such tables **record batch by record batch from a memory map**:
+nothing is loaded up front; a record batch is sliced into chunks of ``chunk_rows`` rows and
+only the columns a dataset needs are converted to Python, chunk by chunk (the official
+writers put a whole table in one record batch, so chunks, not record batches, are the unit
+of work). The Arrow IPC *stream* format (``pa.ipc.new_stream``) is read too. Tables written
+with IPC buffer compression (the official scripts do not compress) are decompressed by
+pyarrow when a record batch is read, which loses the zero-copy benefit of the map.
+
+Work split across ranks and ``DataLoader`` workers: the chunks of all files, in order
+(or in a permutation drawn from ``seed + epoch`` when ``shuffle``, the same on every rank),
+are dealt round-robin: chunk ``k`` goes to shard ``k % (world_size * num_workers)``, where
+the shard of worker ``w`` of rank ``r`` is ``r * num_workers + w``. Every row is read by
+exactly one (rank, worker) per epoch (see :meth:`ArrowDataset.chunks_for`). Ranks can get
+a different number of samples (a chunk more, or a different number of captions); with DDP,
+stop every rank after the same number of steps.
+
+Each sample is a dict holding ``image`` (a PIL RGB image; ``pixel_values`` instead when a
+``transform`` is given), ``caption`` (the text: caption, question, statement or hypothesis)
+and ``input_ids`` (when a ``tokenizer`` is given), like the other datasets of
+:mod:`bridgetower.data.datasets`, so the same transform, tokenizer and
+:class:`~bridgetower.data.PretrainingCollator` apply. Unreadable image bytes, empty texts
+and malformed rows never stop a run: the dataset yields a
+:class:`~bridgetower.data.Skipped` marker instead (one per sample lost), counts it in
+``dataset.stats`` and logs the counts of each pass; the collator drops markers and reports
+them in ``batch["skipped"]``.
+
+``pyarrow`` is imported lazily: importing this module works without it, using a reader
+raises an ``ImportError`` that says how to install it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .collate import PretrainingCollator, is_empty_batch
+from .datasets import _PairEncoder, load_image
+from .stats import Skipped, SkipStats
+
+__all__ = [
+    "ARROW_SCHEMA_KINDS",
+    "SNLI_VE_LABELS",
+    "arrow_schema",
+    "write_arrow_table",
+    "vqa_soft_targets",
+    "ArrowDataset",
+    "ArrowPretrainingPairs",
+    "ArrowVQADataset",
+    "ArrowNLVR2Dataset",
+    "ArrowSNLIVEDataset",
+    "ArrowRetrievalDataset",
+    "TaskCollator",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The table layouts :func:`write_arrow_table` writes (see the module docstring).
+ARROW_SCHEMA_KINDS: tuple[str, ...] = ("caption", "vg", "vqa", "nlvr2", "snli_ve")
+_KIND_ALIASES = {
+    "coco": "caption",
+    "f30k": "caption",
+    "flickr30k": "caption",
+    "cc": "caption",
+    "conceptual_caption": "caption",
+    "sbu": "caption",
+    "vqav2": "vqa",
+    "snli": "snli_ve",
+}
+
+#: The official SNLI-VE label ids (``write_snli.py``).
+SNLI_VE_LABELS: dict[str, int] = {"contradiction": 0, "neutral": 1, "entailment": 2}
+
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_FILE_MAGIC = b"ARROW1"
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.ipc  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "reading or writing the official pyarrow tables needs the 'pyarrow' package: "
+            "pip install pyarrow"
+        ) from e
+    return pa
+
+
+def _kind(schema_kind: str) -> str:
+    if not isinstance(schema_kind, str):
+        raise TypeError(f"schema_kind must be a string, got {type(schema_kind).__name__}")
+    kind = _KIND_ALIASES.get(schema_kind, schema_kind)
+    if kind not in ARROW_SCHEMA_KINDS:
+        raise ValueError(
+            f"unknown schema_kind {schema_kind!r}; valid: {ARROW_SCHEMA_KINDS} "
+            f"(aliases: {sorted(_KIND_ALIASES)})"
+        )
+    return kind
+
+
+def arrow_schema(schema_kind: str):
+    """The ``pyarrow.Schema`` of an official table kind (one of :data:`ARROW_SCHEMA_KINDS`)."""
+    pa = _pyarrow()
+    kind = _kind(schema_kind)
+    strings = pa.list_(pa.string())
+    ints = pa.list_(pa.int64())
+    fields = {
+        "caption": [
+            ("image", pa.binary()),
+            ("caption", strings),
+            ("image_id", pa.string()),
+            ("split", pa.string()),
+        ],
+        "vg": [
+            ("image", pa.binary()),
+            ("caption", strings),
+            ("width", ints),
+            ("height", ints),
+            ("x", ints),
+            ("y", ints),
+            ("image_id", pa.string()),
+        ],
+        "vqa": [
+            ("image", pa.binary()),
+            ("questions", strings),
+            ("answers", pa.list_(strings)),
+            ("answer_labels", pa.list_(ints)),
+            ("answer_scores", pa.list_(pa.list_(pa.float64()))),
+            ("image_id", pa.int64()),
+            ("question_id", ints),
+            ("split", pa.string()),
+        ],
+        "nlvr2": [
+            ("image_0", pa.binary()),
+            ("image_1", pa.binary()),
+            ("questions", strings),
+            ("answers", strings),
+            ("identifier", pa.string()),
+        ],
+        "snli_ve": [
+            ("image", pa.binary()),
+            ("sentences", pa.list_(strings)),
+            ("labels", ints),
+        ],
+    }[kind]
+    return pa.schema(fields)
+
+
+def _image_bytes(value: Any, where: str) -> Any:
+    if isinstance(value, Image.Image):
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return buf.getvalue()
+    if value is None or isinstance(value, (bytes, bytearray)):
+        return value
+    raise TypeError(f"{where}: an image must be bytes or a PIL image, got {type(value).__name__}")
+
+
+def _check_nesting(pa, value: Any, type_: Any, where: str) -> None:
+    # pyarrow would turn a string given for a list<string> into a list of characters
+    if value is None or not pa.types.is_list(type_):
+        return
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"{where} must be a list ({type_}), got {type(value).__name__}: {value!r:.60}"
+        )
+    for k, v in enumerate(value):
+        _check_nesting(pa, v, type_.value_type, f"{where}[{k}]")
+
+
+def write_arrow_table(
+    path: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    schema_kind: str,
+    *,
+    rows_per_batch: int | None = None,
+    stream: bool = False,
+) -> Path:
+    """Write ``rows`` as an Arrow IPC table with the official layout ``schema_kind``.
+
+    Each row is a dict with exactly the columns of :func:`arrow_schema` (image columns may
+    be bytes or PIL images; PIL images are stored as PNG). ``rows_per_batch`` cuts the table
+    into record batches of at most that many rows (default: one batch, as the official
+    writers do). ``stream=True`` writes the IPC stream format instead of the file format.
+    Returns the path.
+    """
+    pa = _pyarrow()
+    schema = arrow_schema(schema_kind)
+    if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
+        raise TypeError(f"rows must be a sequence of dicts, got {type(rows).__name__}")
+    if not rows:
+        raise ValueError("rows is empty: a table needs at least one row")
+    if rows_per_batch is not None and (
+        isinstance(rows_per_batch, bool)
+        or not isinstance(rows_per_batch, int)
+        or rows_per_batch < 1
+    ):
+        raise ValueError(f"rows_per_batch must be a positive int or None, got {rows_per_batch!r}")
+    names = schema.names
+    image_cols = [f.name for f in schema if pa.types.is_binary(f.type)]
+    clean = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+        missing = [n for n in names if n not in row]
+        extra = sorted(set(row) - set(names))
+        if missing or extra:
+            raise ValueError(
+                f"rows[{i}] does not match the {_kind(schema_kind)!r} layout: missing "
+                f"{missing}, unexpected {extra} (columns: {names})"
+            )
+        r = dict(row)
+        for c in image_cols:
+            r[c] = _image_bytes(r[c], f"rows[{i}][{c!r}]")
+        for field in schema:
+            _check_nesting(pa, r[field.name], field.type, f"rows[{i}][{field.name!r}]")
+        clean.append(r)
+    try:
+        table = pa.Table.from_pylist(clean, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ValueError(
+            f"rows do not fit the {_kind(schema_kind)!r} schema {schema}: {e}"
+        ) from None
+    path = Path(path)
+    with pa.OSFile(str(path), "wb") as sink:
+        opener = pa.ipc.new_stream if stream else pa.ipc.new_file
+        with opener(sink, schema) as writer:
+            writer.write_table(table, max_chunksize=rows_per_batch)
+    return path
+
+
+def vqa_soft_targets(labels: Sequence[int], scores: Sequence[float], num_answers: int) -> Tensor:
+    """The dense VQA target: ``(num_answers,)`` float32, ``scores[i]`` at ``labels[i]``, 0 elsewhere.
+
+    A label listed twice keeps its highest score. Labels outside ``[0, num_answers)`` are a
+    ``ValueError`` (the answer vocabulary does not match the table).
+    """
+    if len(labels) != len(scores):
+        raise ValueError(f"labels and scores differ in length: {len(labels)} vs {len(scores)}")
+    target = torch.zeros(num_answers, dtype=torch.float32)
+    for label, score in zip(labels, scores, strict=True):
+        label = int(label)
+        if not 0 <= label < num_answers:
+            raise ValueError(
+                f"answer label {label} is outside the answer vocabulary of num_answers={num_answers}"
+            )
+        target[label] = max(float(target[label]), float(score))
+    return target
+
+
+# ----------------------------------------------------------------------------------------
+# opening files
+
+
+def _open_batches(path: Path):
+    """``(memory_map, schema, batches)``: ``batches[i]`` is record batch ``i``, read lazily
+    for the file format and zero-copy from the map for the stream format."""
+    pa = _pyarrow()
+    mm = pa.memory_map(str(path), "r")
+    try:
+        head = mm.read(len(_FILE_MAGIC))
+        mm.seek(0)
+        if head == _FILE_MAGIC:
+            reader = pa.ipc.open_file(mm)
+            return mm, reader.schema, _FileBatches(reader)
+        reader = pa.ipc.open_stream(mm)
+        return mm, reader.schema, list(reader)
+    except (pa.ArrowInvalid, OSError) as e:
+        mm.close()
+        raise ValueError(f"{str(path)!r} is not an Arrow IPC file or stream ({e})") from None
+
+
+class _FileBatches:
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return self.reader.num_record_batches
+
+    def __getitem__(self, i: int):
+        return self.reader.get_batch(i)
+
+
+def _as_paths(paths: Any) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not isinstance(paths, Sequence) or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        raise TypeError(
+            f"paths must be a path or a list of paths to .arrow files, got {type(paths).__name__}"
+        )
+    out = [Path(p) for p in paths]
+    if not out:
+        raise ValueError("no .arrow files given")
+    missing = [str(p) for p in out if not p.is_file()]
+    if missing:
+        raise ValueError(f"arrow files not found: {missing}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# the datasets
+
+
+class ArrowDataset(IterableDataset):
+    """Base of the readers: files, chunking, rank/worker split, shuffling, skip counting.
+
+    Subclasses set :attr:`required_columns` / :attr:`optional_columns` and implement
+    :meth:`_row_samples`. See the module docstring for the layouts and the work split.
+
+    Args:
+        paths: one ``.arrow`` file or a list of them (read in order).
+        transform: PIL image -> ``(3, H, W)`` tensor (e.g. :class:`ImageTransform`); without
+            it samples carry the PIL image under ``image``.
+        tokenizer, max_length: tokenise the text to ``input_ids`` (truncated).
+        chunk_rows: rows per unit of work (rows converted to Python at a time).
+        shuffle, seed: permute the chunks (same permutation on every rank) and the rows in a
+            chunk, from ``seed + epoch``; call :meth:`set_epoch` before each epoch.
+        rank, world_size: default to ``torch.distributed`` when initialised, else 0 and 1.
+    """
+
+    required_columns: tuple[str, ...] = ()
+    optional_columns: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        transform: Callable[[Image.Image], Tensor] | None = None,
+        tokenizer: Any = None,
+        max_length: int = 50,
+        chunk_rows: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        _pyarrow()  # fail first, and clearly, without pyarrow
+        self.paths = _as_paths(paths)
+        self.encoder = _PairEncoder(transform, tokenizer, max_length)
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+        if (rank is None) != (world_size is None):
+            raise ValueError("pass both rank and world_size, or neither")
+        if world_size is not None and not (
+            isinstance(world_size, int) and isinstance(rank, int) and 0 <= rank < world_size
+        ):
+            raise ValueError(
+                f"need ints 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}"
+            )
+        self.chunk_rows = chunk_rows
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.stats = SkipStats()
+        # (file index, record batch index, rows) of every record batch; schemas checked now
+        self._batches: list[tuple[int, int, int]] = []
+        self._columns: list[list[str]] = []
+        for fi, path in enumerate(self.paths):
+            mm, schema, batches = _open_batches(path)
+            try:
+                names = schema.names
+                missing = [c for c in self.required_columns if c not in names]
+                if missing:
+                    raise ValueError(
+                        f"{str(path)!r} lacks the column(s) {missing} that "
+                        f"{type(self).__name__} needs (it has {names})"
+                    )
+                wanted = self.required_columns + self.optional_columns
+                self._columns.append([c for c in wanted if c in names])
+                for bi in range(len(batches)):
+                    n = batches[bi].num_rows
+                    if n:
+                        self._batches.append((fi, bi, n))
+            finally:
+                mm.close()
+
+    # -- sizes and the work split -----------------------------------------------------------
+
+    @property
+    def num_rows(self) -> int:
+        """Rows (images, or image pairs for NLVR2) over all files."""
+        return sum(n for _, _, n in self._batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.world_size is not None:
+            return self.rank, self.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def chunks(self) -> list[tuple[int, int, int, int]]:
+        """All chunks ``(file index, record batch index, start row, stop row)`` of this epoch,
+        in reading order (permuted when ``shuffle``)."""
+        out = [
+            (fi, bi, start, min(start + self.chunk_rows, n))
+            for fi, bi, n in self._batches
+            for start in range(0, n, self.chunk_rows)
+        ]
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(out)
+        return out
+
+    def chunks_for(
+        self, rank: int, world_size: int, worker: int = 0, num_workers: int = 1
+    ) -> list[tuple[int, int, int, int]]:
+        """The chunks read by ``worker`` of ``rank``: every ``world_size * num_workers``-th
+        chunk, starting at ``rank * num_workers + worker``."""
+        if not (0 <= rank < world_size and 0 <= worker < num_workers):
+            raise ValueError(
+                f"need 0 <= rank < world_size and 0 <= worker < num_workers, got rank={rank}, "
+                f"world_size={world_size}, worker={worker}, num_workers={num_workers}"
+            )
+        shards = world_size * num_workers
+        return self.chunks()[rank * num_workers + worker :: shards]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict[str, Any] | Skipped]:
+        rank, world = self._rank_world()
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        chunks = self.chunks_for(rank, world, worker, num_workers)
+        if not chunks:
+            logger.warning(
+                "rank %d worker %d has no rows to read (%d chunks of %d rows for %d ranks x %d workers)",
+                rank,
+                worker,
+                len(self.chunks()),
+                self.chunk_rows,
+                world,
+                num_workers,
+            )
+            return
+        before = self.stats.as_dict()
+        opened: dict[int, tuple[Any, Any]] = {}
+        last_key, last_batch = None, None
+        try:
+            for fi, bi, start, stop in chunks:
+                if fi not in opened:
+                    mm, _, batches = _open_batches(self.paths[fi])
+                    opened[fi] = (mm, batches)
+                if last_key != (fi, bi):  # a record batch is usually cut into many chunks
+                    last_key, last_batch = (fi, bi), opened[fi][1][bi]
+                part = last_batch.slice(start, stop - start)
+                cols = {c: part.column(c).to_pylist() for c in self._columns[fi]}
+                order = list(range(stop - start))
+                if self.shuffle:
+                    random.Random(hash((self.seed, self.epoch, fi, bi, start))).shuffle(order)
+                name = self.paths[fi].name
+                for j in order:
+                    row = {c: v[j] for c, v in cols.items()}
+                    yield from self._row_samples(row, f"{name}#{bi}:{start + j}")
+        finally:
+            last_batch = None
+            for mm, _ in opened.values():
+                mm.close()
+        epoch_stats = SkipStats()
+        epoch_stats.add_counts({r: self.stats.counts[r] - before[r] for r in before})
+        epoch_stats.report(logger, self.epoch)
+
+    def _row_samples(self, row: dict[str, Any], source: str) -> Iterator[dict[str, Any] | Skipped]:
+        raise NotImplementedError
+
+    # -- helpers for subclasses -------------------------------------------------------------
+
+    def _decode(self, value: Any, source: str, n_lost: int) -> Any:
+        """The decoded PIL image of an image cell, or a list of ``n_lost`` Skipped markers."""
+        if not isinstance(value, (bytes, bytearray)):  # a null cell
+            return [
+                self.stats.add("bad_record", f"{source} (no image)") for _ in range(max(n_lost, 1))
+            ]
+        try:
+            image = load_image(value)
+        except _IMAGE_ERRORS as e:
+            return [
+                self.stats.add("unreadable_image", f"{source} ({type(e).__name__})")
+                for _ in range(max(n_lost, 1))
+            ]
+        return image
+
+    def _visual(self, image: Image.Image, suffix: str = "") -> dict[str, Any]:
+        if self.encoder.transform is not None:
+            return {f"pixel_values{suffix}": self.encoder.transform(image)}
+        return {f"image{suffix}": image}
+
+    def _tokens(self, text: str) -> Tensor:
+        ids = self.encoder.tokenizer(text, truncation=True, max_length=self.encoder.max_length)
+        return torch.as_tensor(ids["input_ids"], dtype=torch.long)
+
+    def _text_sample(self, visual: dict[str, Any], text: str, **extra: Any) -> dict[str, Any]:
+        sample = {**visual, "caption": text, **extra}
+        if self.encoder.tokenizer is not None:
+            sample["input_ids"] = self._tokens(text)
+        return sample
+
+    @staticmethod
+    def _clean_text(value: Any) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            return None
+        return value.strip()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(files={len(self.paths)}, rows={self.num_rows}, "
+            f"chunk_rows={self.chunk_rows}, shuffle={self.shuffle})"
+        )
+
+
+def _list_or_none(value: Any) -> list | None:
+    return value if isinstance(value, list) else None
+
+
+class ArrowPretrainingPairs(ArrowDataset):
+    """(image, caption) pairs from ``caption`` / ``vg`` tables (COCO, VG, CC, SBU, Flickr30k).
+
+    One sample per caption of a row (the ``caption`` list is expanded; the image is decoded
+    and transformed once per row): ``{"image" | "pixel_values", "caption", "input_ids",
+    "image_id"}``. ``image_id`` is the table's ``image_id`` (or ``"<file>#<batch>:<row>"``
+    when the table has none), so captions of one image share it and the collator never pairs
+    them as ITM negatives. ``dedupe_captions`` drops repeated captions of an image (the
+    official loader does so for caption tables). Empty captions and unreadable images are
+    skipped and counted per caption.
+    """
+
+    required_columns = ("image", "caption")
+    optional_columns = ("image_id",)
+
+    def __init__(self, paths, *, dedupe_captions: bool = False, **kwargs: Any) -> None:
+        super().__init__(paths, **kwargs)
+        self.dedupe_captions = bool(dedupe_captions)
+
+    def _row_samples(self, row, source):
+        captions = row["caption"]
+        if isinstance(captions, str):
+            captions = [captions]
+        if not isinstance(captions, list) or not captions:
+            yield self.stats.add("empty_caption", f"{source} (no captions)")
+            return
+        if self.dedupe_captions:
+            captions = list(dict.fromkeys(captions))
+        texts = [self._clean_text(c) for c in captions]
+        for t in texts:
+            if t is None:
+                yield self.stats.add("empty_caption", source)
+        n = sum(t is not None for t in texts)
+        if not n:
+            return
+        image = self._decode(row["image"], source, n)
+        if isinstance(image, list):
+            yield from image
+            return
+        visual = self._visual(image)
+        image_id = row.get("image_id")
+        image_id = source if image_id is None else image_id  # the row's location: unique
+        for t in texts:
+            if t is not None:
+                yield self._text_sample(visual, t, image_id=image_id)
+
+
+class ArrowRetrievalDataset(ArrowDataset):
+    """Images with all their captions, for image-text retrieval evaluation (``caption`` tables).
+
+    One sample per row: ``{"image" | "pixel_values", "captions": [str, ...], "input_ids":
+    [Tensor, ...] (with a tokenizer), "image_id"}``. Empty captions are dropped from the list
+    and counted in ``self.stats`` (``empty_caption``); an image with no usable caption or
+    unreadable bytes is yielded as a :class:`Skipped` marker.
+    """
+
+    required_columns = ("image", "caption")
+    optional_columns = ("image_id",)
+
+    def _row_samples(self, row, source):
+        captions = row["caption"]
+        if isinstance(captions, str):
+            captions = [captions]
+        texts = [self._clean_text(c) for c in (captions if isinstance(captions, list) else [])]
+        kept = [t for t in texts if t is not None]
+        if not kept:  # the image sample is lost: one marker
+            yield self.stats.add("empty_caption", f"{source} (no usable caption)")
+            return
+        for _ in range(len(texts) - len(kept)):  # dropped from the list, counted here only
+            self.stats.add("empty_caption", source)
+        image = self._decode(row["image"], source, 1)
+        if isinstance(image, list):
+            yield from image
+            return
+        image_id = row.get("image_id")
+        sample = {
+            **self._visual(image),
+            "captions": kept,
+            "image_id": source if image_id is None else image_id,
+        }
+        if self.encoder.tokenizer is not None:
+            sample["input_ids"] = [self._tokens(t) for t in kept]
+        yield sample
+
+
+class ArrowVQADataset(ArrowDataset):
+    """VQAv2 questions from ``vqa`` tables, with soft-score targets.
+
+    One sample per question: ``{"image" | "pixel_values", "caption": question,
+    "input_ids", "question_id", "image_id", "answers": [str], "answer_labels": [int],
+    "answer_scores": [float], "targets": (num_answers,) float32}`` where ``targets`` is
+    :func:`vqa_soft_targets` of the labels and scores (all zeros for the test tables, which
+    carry no answers). ``num_answers`` is the size of the answer vocabulary the labels index
+    (3129 for the official VQAv2 tables); a label outside it is a ``ValueError``.
+    """
+
+    required_columns = ("image", "questions", "question_id", "answer_labels", "answer_scores")
+    optional_columns = ("answers", "image_id")
+
+    def __init__(self, paths, *, num_answers: int, **kwargs: Any) -> None:
+        if isinstance(num_answers, bool) or not isinstance(num_answers, int) or num_answers < 1:
+            raise ValueError(f"num_answers must be a positive int, got {num_answers!r}")
+        self.num_answers = num_answers
+        super().__init__(paths, **kwargs)
+
+    def _row_samples(self, row, source):
+        questions = _list_or_none(row["questions"])
+        qids = _list_or_none(row["question_id"])
+        labels = _list_or_none(row["answer_labels"])
+        scores = _list_or_none(row["answer_scores"])
+        answers = _list_or_none(row.get("answers")) or []
+        if not questions:
+            yield self.stats.add("empty_caption", f"{source} (no questions)")
+            return
+        n = len(questions)
+        unlabelled = not labels and not scores  # test tables
+        ok = (
+            qids is not None
+            and len(qids) == n
+            and labels is not None
+            and scores is not None
+            and (unlabelled or (len(labels) == n and len(scores) == n))
+        )
+        if ok and not unlabelled:
+            ok = all(
+                isinstance(l, list) and isinstance(s, list) and len(l) == len(s)
+                for l, s in zip(labels, scores, strict=True)
+            )
+        if not ok:
+            for _ in range(n):
+                yield self.stats.add(
+                    "bad_record", f"{source} (question/answer lists do not line up)"
+                )
+            return
+        texts = [self._clean_text(q) for q in questions]
+        for t in texts:
+            if t is None:
+                yield self.stats.add("empty_caption", source)
+        if all(t is None for t in texts):
+            return
+        image = self._decode(row["image"], source, sum(t is not None for t in texts))
+        if isinstance(image, list):
+            yield from image
+            return
+        visual = self._visual(image)
+        for i, t in enumerate(texts):
+            if t is None:
+                continue
+            q_labels = [] if unlabelled else [int(v) for v in labels[i]]
+            q_scores = [] if unlabelled else [float(v) for v in scores[i]]
+            yield self._text_sample(
+                visual,
+                t,
+                question_id=qids[i],
+                image_id=row.get("image_id", source),
+                answers=list(answers[i])
+                if i < len(answers) and isinstance(answers[i], list)
+                else [],
+                answer_labels=q_labels,
+                answer_scores=q_scores,
+                targets=vqa_soft_targets(q_labels, q_scores, self.num_answers),
+            )
+
+
+class ArrowNLVR2Dataset(ArrowDataset):
+    """NLVR2 statements from ``nlvr2`` tables: two images, a statement, a true/false label.
+
+    One sample per statement: ``{"image" | "pixel_values": the left image (``image_0``),
+    "image_2" | "pixel_values_2": the right image (``image_1``), "caption": statement,
+    "input_ids", "label": 1 (True) / 0 (False), "identifier"}``. The ``_2`` names follow
+    :class:`~bridgetower.models.BridgeTowerForNLVR2` (``pixel_values_2``). An answer other
+    than ``"True"``/``"False"`` (or a bool) is a skipped ``bad_record``.
+    """
+
+    required_columns = ("image_0", "image_1", "questions", "answers")
+    optional_columns = ("identifier",)
+
+    @staticmethod
+    def _label(value: Any) -> int | None:
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return int(value.strip().lower() == "true")
+        return None
+
+    def _row_samples(self, row, source):
+        questions = _list_or_none(row["questions"])
+        answers = _list_or_none(row["answers"])
+        if not questions:
+            yield self.stats.add("empty_caption", f"{source} (no statements)")
+            return
+        if answers is None or len(answers) != len(questions):
+            for _ in questions:
+                yield self.stats.add(
+                    "bad_record", f"{source} (statements and answers differ in number)"
+                )
+            return
+        keep = []
+        for q, a in zip(questions, answers, strict=True):
+            t, lab = self._clean_text(q), self._label(a)
+            if t is None:
+                yield self.stats.add("empty_caption", source)
+            elif lab is None:
+                yield self.stats.add("bad_record", f"{source} (answer {a!r})")
+            else:
+                keep.append((t, lab))
+        if not keep:
+            return
+        left = self._decode(row["image_0"], f"{source}/image_0", len(keep))
+        if isinstance(left, list):
+            yield from left
+            return
+        right = self._decode(row["image_1"], f"{source}/image_1", len(keep))
+        if isinstance(right, list):
+            yield from right
+            return
+        visual = {**self._visual(left), **self._visual(right, "_2")}
+        identifier = row.get("identifier", source)
+        for t, lab in keep:
+            yield self._text_sample(
+                visual, t, label=lab, identifier=identifier, image_id=identifier
+            )
+
+
+class ArrowSNLIVEDataset(ArrowDataset):
+    """SNLI-VE from ``snli_ve`` tables: an image (the premise) and a hypothesis, 3-way label.
+
+    One sample per ``[premise, hypothesis]`` pair of a row: ``{"image" | "pixel_values",
+    "caption": hypothesis, "premise": the text premise, "input_ids", "label": 0
+    contradiction / 1 neutral / 2 entailment (:data:`SNLI_VE_LABELS`), "image_id"}``. The
+    model reads the hypothesis, as the official loader does. A pair that is not two strings
+    or a label outside 0..2 is a skipped ``bad_record``.
+    """
+
+    required_columns = ("image", "sentences", "labels")
+
+    def _row_samples(self, row, source):
+        pairs = _list_or_none(row["sentences"])
+        labels = _list_or_none(row["labels"])
+        if not pairs:
+            yield self.stats.add("empty_caption", f"{source} (no sentences)")
+            return
+        if labels is None or len(labels) != len(pairs):
+            for _ in pairs:
+                yield self.stats.add(
+                    "bad_record", f"{source} (sentences and labels differ in number)"
+                )
+            return
+        keep = []
+        for pair, lab in zip(pairs, labels, strict=True):
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or not isinstance(lab, int)
+                or not 0 <= lab <= 2
+            ):
+                yield self.stats.add("bad_record", f"{source} (pair {pair!r}, label {lab!r})")
+                continue
+            t = self._clean_text(pair[1])
+            if t is None:
+                yield self.stats.add("empty_caption", source)
+                continue
+            keep.append((pair[0], t, lab))
+        if not keep:
+            return
+        image = self._decode(row["image"], source, len(keep))
+        if isinstance(image, list):
+            yield from image
+            return
+        visual = self._visual(image)
+        for premise, t, lab in keep:
+            yield self._text_sample(visual, t, premise=premise, label=lab, image_id=source)
+
+
+# ----------------------------------------------------------------------------------------
+# batches for the downstream tasks
+
+
+class TaskCollator:
+    """Batches of downstream-task samples (VQA, NLVR2, SNLI-VE) on top of a pretraining collator.
+
+    ``collator.collate(samples)`` pads the texts and the (first) images and drops / counts
+    skipped samples (``labels`` comes from the samples' ``label``); this adds, when every
+    kept sample has them: ``targets (B, num_answers)`` float (VQA soft scores),
+    ``question_ids (B,)`` long, and ``pixel_values_2``/``pixel_mask_2`` for the second
+    NLVR2 image (padded to the size of ``pixel_values``). No MLM masking or ITM negatives.
+    """
+
+    def __init__(self, collator: PretrainingCollator) -> None:
+        if not hasattr(collator, "collate"):
+            raise TypeError(
+                f"collator must be a PretrainingCollator (with .collate), got {type(collator).__name__}"
+            )
+        self.collator = collator
+
+    def __call__(
+        self, samples: Sequence[Any], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        batch = self.collator.collate(samples)
+        if is_empty_batch(batch):
+            return batch
+        kept = [s for s in samples if isinstance(s, Mapping)]
+        if all("targets" in s for s in kept):
+            batch["targets"] = torch.stack(
+                [torch.as_tensor(s["targets"], dtype=torch.float32) for s in kept]
+            )
+        if all(isinstance(s.get("question_id"), int) for s in kept):
+            batch["question_ids"] = torch.tensor([s["question_id"] for s in kept], dtype=torch.long)
+        if all("pixel_values_2" in s or "image_2" in s for s in kept):
+            second = self.collator.collate(
+                [
+                    {
+                        "input_ids": torch.zeros(1, dtype=torch.long),
+                        "pixel_values": s["pixel_values_2"],
+                    }
+                    if "pixel_values_2" in s
+                    else {"input_ids": torch.zeros(1, dtype=torch.long), "image": s["image_2"]}
+                    for s in kept
+                ]
+            )
+            px, pm = second["pixel_values"], second["pixel_mask"]
+            h = max(px.shape[-2], batch["pixel_values"].shape[-2])
+            w = max(px.shape[-1], batch["pixel_values"].shape[-1])
+            for key, val, mask in (
+                ("", batch["pixel_values"], batch["pixel_mask"]),
+                ("_2", px, pm),
+            ):
+                if val.shape[-2:] != (h, w):
+                    pv = val.new_zeros(val.shape[:-2] + (h, w))
+                    pv[..., : val.shape[-2], : val.shape[-1]] = val
+                    mk = mask.new_zeros(mask.shape[:-2] + (h, w))
+                    mk[..., : mask.shape[-2], : mask.shape[-1]] = mask
+                    val, mask = pv, mk
+                batch[f"pixel_values{key}"], batch[f"pixel_mask{key}"] = val, mask
+        return batch
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.collator!r})"
