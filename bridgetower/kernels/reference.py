@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = ["BRIDGE_NORM_MODES", "bridge_coefficients", "bridge_norm_eager", "bridge_norm_ref"]
+
 BRIDGE_NORM_MODES = ("add", "scaled_add", "interpolate", "scaled_add_tensor", "interpolate_tensor")
 
 
@@ -42,7 +44,9 @@ def bridge_coefficients(
         return coef, 1.0
     if mode in ("interpolate", "interpolate_tensor"):
         return 1.0 - coef, coef
-    raise ValueError(f"unknown bridge_norm mode {mode!r}; valid modes: {', '.join(BRIDGE_NORM_MODES)}")
+    raise ValueError(
+        f"unknown bridge_norm mode {mode!r}; valid modes: {', '.join(BRIDGE_NORM_MODES)}"
+    )
 
 
 def bridge_norm_ref(
@@ -72,3 +76,24 @@ def bridge_norm_ref(
     bb = bias.to(compute) if bias is not None else None
     out = F.layer_norm(s, (s.shape[-1],), w, bb, eps)
     return out.to(x.dtype)
+
+
+def bridge_norm_eager(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    coef: torch.Tensor | None = None,
+    *,
+    mode: str = "add",
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """The unfused eager computation in the input dtype: ``a*x + b*z`` then ``F.layer_norm``.
+
+    What a model written with plain PyTorch ops does (every intermediate in the input dtype,
+    ``s`` materialised).  It is the baseline of the benchmarks and the "same dtype" error
+    yardstick of the kernel tests; :func:`bridge_norm_ref` is the accurate reference.
+    """
+    a, b = bridge_coefficients(coef, mode)
+    s = x + z if mode == "add" else a * x + b * z
+    return F.layer_norm(s, (s.shape[-1],), weight, bias, eps)

@@ -1,0 +1,1 @@
+"""pytest-benchmark suites (a package so the suites can import the helpers in conftest)."""
