@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from math import ceil
 from typing import Any
@@ -289,13 +290,90 @@ class ImageProcessor:
         return cls(**kwargs)
 
 
+_PROCESSOR_CONFIG_V5 = "processor_config.json"
+# a Hub repository id: "name" or "namespace/name" (letters, digits, "-", "_", ".")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+def _local_file(directory: str, fname: str) -> str | None:
+    path = os.path.join(directory, fname)
+    return path if os.path.isfile(path) else None
+
+
+def _hub_error(name: str, what: str, err: BaseException) -> OSError:
+    from huggingface_hub import constants
+
+    offline = ""
+    if constants.HF_HUB_OFFLINE:
+        offline = " (HF_HUB_OFFLINE is set and it is not in the local Hub cache)"
+    return OSError(
+        f"BridgeTowerProcessor.from_pretrained: cannot load {what} of {name!r} from the Hugging "
+        f"Face Hub{offline}: {type(err).__name__}: {err}. Pass a local checkpoint directory, or "
+        "fetch it first with network access."
+    )
+
+
+def _hub_file(
+    name: str, fname: str, hub_kw: dict[str, Any], local_misses: list[BaseException]
+) -> str | None:
+    """Path of ``fname`` of Hub repository ``name`` (downloaded or cached).
+
+    None when the repository has no such file, or (appended to ``local_misses``) when it is
+    not in the local cache and cannot be fetched (offline) -- old repositories have only one
+    of the two config files, so one miss alone is no error.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(name, fname, **hub_kw)
+    except LocalEntryNotFoundError as err:
+        local_misses.append(err)
+        return None
+    except EntryNotFoundError:
+        return None
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, network: one clear error
+        raise _hub_error(name, fname, err) from err
+
+
+def _read_image_config(locate) -> dict[str, Any] | None:
+    """The image-processor dict: nested in ``processor_config.json``, else
+    ``preprocessor_config.json``; ``{}`` when neither exists, None when neither could be found."""
+    found = False
+    path = locate(_PROCESSOR_CONFIG_V5)
+    if path is not None:
+        found = True
+        with open(path, encoding="utf-8") as f:
+            nested = json.load(f).get("image_processor")
+        if isinstance(nested, dict):
+            return nested
+    path = locate(_PREPROCESSOR_CONFIG)
+    if path is None:
+        return {} if found else None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _load_tokenizer(name: str, hub_kw: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    if os.path.isdir(name):
+        return AutoTokenizer.from_pretrained(name)
+    try:
+        kw = {k: v for k, v in hub_kw.items() if v is not None}
+        return AutoTokenizer.from_pretrained(name, **kw)
+    except Exception as err:  # noqa: BLE001
+        raise _hub_error(name, "the tokenizer", err) from err
+
+
 class BridgeTowerProcessor:
     """Image processor + ``transformers`` tokenizer.
 
     ``__call__(images, text, ...)`` returns ``input_ids``, ``attention_mask`` (and whatever else
-    the tokenizer returns), ``pixel_values`` and ``pixel_mask``.  ``from_pretrained(path)`` loads
-    the tokenizer of a local directory with ``AutoTokenizer`` and the image options from its
-    ``preprocessor_config.json`` when present (HF format); ``save_pretrained`` writes both.
+    the tokenizer returns), ``pixel_values`` and ``pixel_mask``.  ``from_pretrained(name_or_path)``
+    loads a Hugging Face format checkpoint (local directory or Hub id): the tokenizer with
+    ``AutoTokenizer`` and the image options from its processor config; ``save_pretrained``
+    writes the tokenizer and ``preprocessor_config.json``, which ``transformers`` reads.
     """
 
     def __init__(self, image_processor: ImageProcessor | None = None, tokenizer: Any = None) -> None:
@@ -307,22 +385,52 @@ class BridgeTowerProcessor:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **image_kwargs: Any) -> BridgeTowerProcessor:
-        """Load from a local directory (tokenizer files, optional ``preprocessor_config.json``).
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        **image_kwargs: Any,
+    ) -> BridgeTowerProcessor:
+        """Load the tokenizer and the image options of a checkpoint, as ``transformers`` does.
 
-        ``image_kwargs`` override the stored image options.
+        ``name_or_path``: a local directory, or a Hugging Face Hub id (``"org/name"``; needs
+        the network or the local Hub cache, see ``HF_HUB_OFFLINE``).  The image options come
+        from the ``image_processor`` entry of ``processor_config.json`` (what ``transformers``
+        5 writes) or else ``preprocessor_config.json`` (older checkpoints, and ours); without
+        either the defaults are used.  ``revision``, ``cache_dir`` and ``local_files_only`` are
+        passed on to the Hub download.  ``image_kwargs`` override the stored image options.
+
+        Raises ``ValueError`` for a local path that does not exist or a malformed name, and
+        ``OSError`` naming the id when a Hub checkpoint cannot be fetched (offline, unknown).
         """
-        from transformers import AutoTokenizer
-
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            raise ValueError(f"BridgeTowerProcessor.from_pretrained: {path!r} is not a local directory")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        cfg_file = os.path.join(path, _PREPROCESSOR_CONFIG)
-        cfg: dict[str, Any] = {}
-        if os.path.exists(cfg_file):
-            with open(cfg_file, encoding="utf-8") as f:
-                cfg = json.load(f)
+        if not isinstance(name_or_path, (str, os.PathLike)):
+            raise TypeError(
+                "BridgeTowerProcessor.from_pretrained: expected a directory or a Hub id, got "
+                f"{type(name_or_path).__name__}"
+            )
+        name = os.fspath(name_or_path)
+        if os.path.isdir(name):
+            cfg = _read_image_config(lambda fname: _local_file(name, fname)) or {}
+            tokenizer = _load_tokenizer(name, {})
+        else:
+            if not _HUB_ID.match(name) or os.path.exists(name):
+                raise ValueError(
+                    f"BridgeTowerProcessor.from_pretrained: {name!r} is neither a local directory "
+                    "nor a Hugging Face Hub id ('org/name')"
+                )
+            hub_kw: dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
+            if cache_dir is not None:
+                hub_kw["cache_dir"] = os.fspath(cache_dir)
+            misses: list[BaseException] = []
+            cfg = _read_image_config(lambda fname: _hub_file(name, fname, hub_kw, misses))
+            if cfg is None and misses:  # neither config reachable: offline and not cached
+                what = f"{_PROCESSOR_CONFIG_V5} / {_PREPROCESSOR_CONFIG}"
+                raise _hub_error(name, what, misses[-1]) from misses[-1]
+            tokenizer = _load_tokenizer(name, hub_kw)
+            cfg = cfg or {}
         image_processor = ImageProcessor.from_dict(cfg)
         if image_kwargs:
             merged = image_processor.to_dict()
@@ -331,13 +439,26 @@ class BridgeTowerProcessor:
         return cls(image_processor, tokenizer)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer and ``preprocessor_config.json`` into ``path``."""
+        """Write the tokenizer and ``preprocessor_config.json`` into ``path``.
+
+        A ``processor_config.json`` already there (``transformers`` 5 format) gets the same image
+        options in its ``image_processor`` entry, since loaders read that entry first.
+        """
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
+        options = self.image_processor.to_dict()
         with open(os.path.join(path, _PREPROCESSOR_CONFIG), "w", encoding="utf-8") as f:
-            json.dump(self.image_processor.to_dict(), f, indent=2)
+            json.dump(options, f, indent=2)
+        v5 = os.path.join(path, _PROCESSOR_CONFIG_V5)
+        if os.path.isfile(v5):
+            with open(v5, encoding="utf-8") as f:
+                nested = json.load(f)
+            if isinstance(nested.get("image_processor"), dict):
+                nested["image_processor"] = options
+                with open(v5, "w", encoding="utf-8") as f:
+                    json.dump(nested, f, indent=2)
 
     def __call__(
         self,
