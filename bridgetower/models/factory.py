@@ -1,0 +1,105 @@
+"""``create_model``: named configurations and a registry of task models.
+
+Named variants are the JSON files in ``bridgetower/models/configs/`` (``bridgetower-base``,
+``bridgetower-large``, ``bridgetower-tiny``); :func:`register_config` adds more at run time.
+
+Examples::
+
+    model = create_model("bridgetower-tiny")                        # BridgeTowerModel
+    model = create_model("bridgetower-tiny", task="pretraining")    # BridgeTowerForPretraining
+    model = create_model("bridgetower-base", fusion={"num_layers": 2}, **{"vision.image_size": 384})
+    model = create_model("bridgetower-base", task="itm", pretrained="path/or/hf-checkpoint")
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .config import BridgeTowerConfig, apply_overrides
+
+__all__ = ["create_model", "get_config", "list_models", "register_config"]
+
+_EXTRA_CONFIGS: dict[str, BridgeTowerConfig | Path] = {}
+
+
+def _builtin_configs() -> dict[str, Path]:
+    root = resources.files("bridgetower.models") / "configs"
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".json")}
+
+
+def list_models() -> list[str]:
+    """Names of the known configurations."""
+    return sorted({*_builtin_configs(), *_EXTRA_CONFIGS})
+
+
+def register_config(name: str, config: BridgeTowerConfig | str | Path) -> None:
+    """Make ``name`` known to :func:`create_model` (a config or a JSON file path)."""
+    if not isinstance(config, (BridgeTowerConfig, str, Path)):
+        raise TypeError(f"config must be a BridgeTowerConfig or a JSON path, got {type(config).__name__}")
+    _EXTRA_CONFIGS[name] = config if isinstance(config, BridgeTowerConfig) else Path(config)
+
+
+def get_config(name: str, **overrides: Any) -> BridgeTowerConfig:
+    """The configuration ``name`` with ``overrides`` applied (see :func:`apply_overrides`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    builtin = _builtin_configs()
+    if name in _EXTRA_CONFIGS:
+        src = _EXTRA_CONFIGS[name]
+        config = src if isinstance(src, BridgeTowerConfig) else BridgeTowerConfig.from_json(src)
+    elif name in builtin:
+        config = BridgeTowerConfig.from_json(builtin[name])
+    else:
+        names = list_models()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(names)}")
+    return apply_overrides(config, overrides) if overrides else config
+
+
+def create_model(
+    name: str,
+    pretrained: Any = None,
+    *,
+    task: str = "base",
+    device=None,
+    dtype=None,
+    strict: bool = True,
+    **overrides: Any,
+) -> nn.Module:
+    """Build the model ``name`` (random weights, or loaded from ``pretrained``).
+
+    Args:
+        name: a configuration name (:func:`list_models`).
+        pretrained: ``None`` (random init), or a weight source for
+            :func:`bridgetower.models.convert.load_pretrained`: our directory, a HF checkpoint
+            directory / hub name / in-memory ``transformers`` model, or an official ``.ckpt``.
+            The checkpoint's own architecture is used; ``name`` only checks it matches
+            nothing -- pass the overrides you need.
+        task: ``"base"`` (:class:`BridgeTowerModel`), ``"itm"``, ``"mlm"``, ``"contrastive"``,
+            ``"pretraining"``, ``"vqa"``, ``"nlvr2"``, ``"snli_ve"``, ``"irtr"``.
+        device, dtype: of the parameters (random init only).
+        strict: for ``pretrained``: raise when checkpoint keys do not match.
+        **overrides: config overrides: top-level fields, ``sub={"field": v}`` dicts merged into
+            a sub-config, or dotted ``"sub.field"`` keys (``**{"fusion.num_layers": 2}``).
+    """
+    from .tasks import TASK_MODELS
+
+    if task not in TASK_MODELS:
+        close = difflib.get_close_matches(str(task), list(TASK_MODELS), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown task {task!r}.{hint} Valid tasks: {', '.join(TASK_MODELS)}")
+    cls = TASK_MODELS[task]
+    if pretrained is not None:
+        get_config(name)  # the name must exist
+        model = cls.from_pretrained(pretrained, strict=strict, **overrides)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model
+    config = get_config(name, **overrides)
+    return cls(config, device=device, dtype=dtype)

@@ -1,0 +1,212 @@
+"""The vision tower: an open_clip ViT ``VisionTransformer`` returning its top layers.
+
+BridgeTower taps the outputs of the top ``N`` blocks of a CLIP ViT (CLS token included) and
+feeds each, after CLIP's final LayerNorm ``ln_post`` (or one LayerNorm per layer,
+``ln_separate``), to one cross-modal layer.  The transformer itself is open_clip's
+:class:`open_clip.transformer.VisionTransformer`, built from :class:`VisionConfig` with
+random weights (no network); its projection ``proj`` and pooling are not used and removed.
+
+Parameter names are open_clip's (= OpenAI CLIP's): ``visual.conv1``, ``visual.class_embedding``,
+``visual.positional_embedding``, ``visual.ln_pre``, ``visual.transformer.resblocks.N.*``,
+``visual.ln_post``, plus ``ln_separate.N`` when configured.
+
+Images of another size than ``config.image_size`` get bicubically resized position embeddings
+(the CLS position kept), as the official code and the HF port do.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import VisionConfig
+
+__all__ = ["OpenCLIPVisionEncoder", "QuickGELU", "resize_pos_embed"]
+
+
+class _QuickGELUFn(torch.autograd.Function):
+    """``x * sigmoid(1.702 x)`` saving only ``x`` for backward (recomputes the sigmoid)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(1.702 * x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(1.702 * x)
+        return grad * (s + 1.702 * x * s * (1.0 - s))
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation ``x * sigmoid(1.702 x)``.
+
+    Unlike a plain composition it keeps only its input for the backward pass (one activation
+    tensor of the 4x-wide MLP instead of three), which matters at 576-px images.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
+            return _QuickGELUFn.apply(x)
+        return x * torch.sigmoid(1.702 * x)
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize a ``(1 + g*g, W)`` CLIP position table to ``(1 + gh*gw, W)``."""
+    cls_pos, patch_pos = pos[:1], pos[1:]  # (1, W), (g*g, W)
+    g = int(round(patch_pos.shape[0] ** 0.5))
+    if g * g != patch_pos.shape[0]:
+        raise ValueError(f"position table of {patch_pos.shape[0]} patches is not a square grid")
+    if (g, g) == tuple(grid):
+        return pos
+    width = pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, g, g, width).permute(0, 3, 1, 2)  # (1, W, g, g)
+    patch_pos = F.interpolate(
+        patch_pos.float(), size=grid, mode="bicubic", align_corners=False
+    ).to(pos.dtype)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)  # (gh*gw, W)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+class OpenCLIPVisionEncoder(nn.Module):
+    """An open_clip CLIP ViT returning the hidden states of its top ``num_outputs`` blocks.
+
+    Args:
+        config: sizes of the tower.
+        num_outputs: how many top blocks to return (the number of cross-modal layers).
+        device, dtype: of the parameters.
+
+    ``forward(pixel_values)`` with ``pixel_values`` ``(B, 3, H, W)`` returns a list of
+    ``num_outputs`` tensors ``(B, 1 + (H/p)*(W/p), width)``, bottom to top, each after
+    ``ln_post`` (or ``ln_separate[i]``).
+    """
+
+    def __init__(
+        self,
+        config: VisionConfig,
+        *,
+        num_outputs: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        from open_clip.transformer import LayerNorm, VisionTransformer
+
+        if not 1 <= num_outputs <= config.layers:
+            raise ValueError(
+                f"num_outputs={num_outputs} must be in [1, {config.layers}] (vision layers)"
+            )
+        self.config = config
+        self.num_outputs = num_outputs
+        self.gradient_checkpointing = False
+        norm = functools.partial(LayerNorm, eps=config.layer_norm_eps)
+        self.visual = VisionTransformer(
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            width=config.width,
+            layers=config.layers,
+            heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            output_dim=config.width,
+            act_layer=QuickGELU if config.quick_gelu else nn.GELU,
+            norm_layer=norm,
+        )
+        # BridgeTower reads the token states: no projection / pooling head.
+        self.visual.proj = None
+        if config.ln_separate:
+            self.ln_separate = nn.ModuleList(
+                [norm(config.width) for _ in range(config.layers)]
+            )
+        else:
+            self.ln_separate = None
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+        self.reset_parameters()
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    def reset_parameters(self) -> None:
+        """CLIP's initialisation (the OpenAI CLIP scheme HF's port also uses)."""
+        v = self.visual
+        w = self.config.width
+        scale = w**-0.5
+        proj_std = scale * (2 * self.config.layers) ** -0.5
+        fc_std = (2 * w) ** -0.5
+        with torch.no_grad():
+            nn.init.normal_(v.class_embedding, std=scale)
+            nn.init.normal_(v.positional_embedding, std=scale)
+            nn.init.normal_(v.conv1.weight, std=scale)
+            for block in v.transformer.resblocks:
+                nn.init.normal_(block.attn.in_proj_weight, std=scale)
+                nn.init.zeros_(block.attn.in_proj_bias)
+                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+                nn.init.zeros_(block.attn.out_proj.bias)
+                nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+                nn.init.zeros_(block.mlp.c_fc.bias)
+                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+                nn.init.zeros_(block.mlp.c_proj.bias)
+            lns = [v.ln_pre, v.ln_post] + [m for b in v.transformer.resblocks for m in (b.ln_1, b.ln_2)]
+            if self.ln_separate is not None:
+                lns += list(self.ln_separate)
+            for ln in lns:
+                nn.init.ones_(ln.weight)
+                nn.init.zeros_(ln.bias)
+
+    def set_gradient_checkpointing(self, enable: bool = True) -> None:
+        self.gradient_checkpointing = bool(enable)
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch + class + position embeddings and ``ln_pre``: ``(B, 1 + gh*gw, width)``."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a tensor, got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}"
+            )
+        p = self.config.patch_size
+        h, w = pixel_values.shape[-2:]
+        if h % p or w % p:
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of the patch size {p}"
+            )
+        v = self.visual
+        x = v.conv1(pixel_values.to(v.conv1.weight.dtype))  # (B, W, gh, gw)
+        x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, W)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + gh*gw, W)
+        x = x + resize_pos_embed(v.positional_embedding, (h // p, w // p)).to(x.dtype)
+        return v.ln_pre(x)
+
+    def post_norm(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """The LayerNorm applied to the output of block ``layer`` (0-based)."""
+        if self.ln_separate is not None:
+            return self.ln_separate[layer](hidden)
+        return self.visual.ln_post(hidden)
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        x = self.embed(pixel_values)
+        blocks = self.visual.transformer.resblocks
+        first = len(blocks) - self.num_outputs
+        outputs = []
+        for i, block in enumerate(blocks):
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+            if i >= first:
+                outputs.append(self.post_norm(x, i))
+        return outputs
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"width={c.width}, layers={c.layers}, heads={c.num_heads}, patch={c.patch_size}, "
+            f"image={c.image_size}, num_outputs={self.num_outputs}, quick_gelu={c.quick_gelu}"
+        )

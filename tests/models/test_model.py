@@ -1,0 +1,233 @@
+"""BridgeTowerModel: the three-step API, scoring, switches, encoders, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bridgetower.models import (
+    BridgeTowerForImageAndTextRetrieval,
+    BridgeTowerModel,
+    get_config,
+    patch_mask_from_pixel_mask,
+)
+from bridgetower.models.vision import QuickGELU
+
+
+def _small_config(**kw):
+    base = dict(
+        vision={"width": 64, "layers": 3, "heads": 2, "image_size": 32},
+        text={"vocab_size": 50, "hidden_size": 32, "num_layers": 3, "num_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 20},
+        fusion={"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64},
+    )
+    base.update(kw)
+    return get_config("bridgetower-tiny", **base)
+
+
+def _inputs(b=3, length=9, size=32, pad=True):
+    ids = torch.randint(3, 50, (b, length))
+    mask = torch.ones(b, length, dtype=torch.long)
+    if pad:
+        mask[1, 5:] = 0
+        mask[-1, 3:] = 0
+        ids[mask == 0] = 1
+    return ids, mask, torch.randn(b, 3, size, size)
+
+
+def test_forward_equals_encode_then_fuse():
+    model = BridgeTowerModel(_small_config()).eval()
+    ids, mask, px = _inputs()
+    out = model(ids, mask, px, output_hidden_states=True)
+    assert out.text_features.shape == (3, 9, 32)
+    assert out.image_features.shape == (3, 5, 32)
+    assert out.pooler_output.shape == (3, 64)
+    assert len(out.cross_hidden_states) == 2
+    torch.testing.assert_close(out.cross_hidden_states[-1][0], out.text_features)
+    t = model.encode_text(ids, mask)
+    v = model.encode_image(px)
+    assert [x.shape[-1] for x in t] == [32, 32] and [x.shape[-1] for x in v] == [64, 64]
+    fused = model.fuse(t, v, mask)
+    torch.testing.assert_close(fused.pooler_output, out.pooler_output, rtol=0, atol=0)
+    # pooler = [tanh(P_t X[:, 0]); tanh(P_v Y[:, 0])]
+    p_t = model.cross_modal_text_pooler.dense
+    ref = torch.tanh(out.text_features[:, 0] @ p_t.weight.T + p_t.bias)
+    torch.testing.assert_close(out.pooler_output[:, :32], ref)
+
+
+def test_score_encodes_each_input_once_and_matches_the_per_text_loop():
+    model = BridgeTowerForImageAndTextRetrieval(_small_config()).eval()
+    ids, mask, px = _inputs(b=5)
+    calls = {"vision": 0, "text": 0}
+    hooks = [
+        model.bridgetower.vision_model.register_forward_hook(lambda *a: calls.__setitem__("vision", calls["vision"] + 1)),
+        model.bridgetower.text_model.register_forward_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1)),
+    ]
+    scores = model.score(px[:1], ids, mask)
+    assert scores.shape == (1, 5)
+    assert calls == {"vision": 1, "text": 1}
+    for h in hooks:
+        h.remove()
+    # the model card's loop: one full forward per text
+    with torch.no_grad():
+        loop = torch.stack([model(ids[i : i + 1], mask[i : i + 1], px[:1]).logits[0, 1] for i in range(5)])
+    torch.testing.assert_close(scores[0], loop, rtol=1e-5, atol=1e-5)
+    # 2 images x 5 texts, in chunks
+    s2 = model.score(px[:2], ids, mask, batch_size=3)
+    torch.testing.assert_close(s2[0], scores[0], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        ref = model(ids[2:3], mask[2:3], px[1:2]).logits[0, 1]
+    torch.testing.assert_close(s2[1, 2], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_same_grads():
+    torch.manual_seed(0)
+    ids, mask, px = _inputs()
+    model = BridgeTowerModel(_small_config()).train()
+    config_gc = _small_config(gradient_checkpointing=True)
+    model_gc = BridgeTowerModel(config_gc).train()
+    model_gc.load_state_dict(model.state_dict())
+    grads = []
+    for m in (model, model_gc):
+        out = m(ids, mask, px)
+        (out.pooler_output.square().sum() + out.text_features.mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    assert model_gc.fusion.gradient_checkpointing and model_gc.vision_model.gradient_checkpointing
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_attention_backend_switch_whole_model():
+    model = BridgeTowerModel(_small_config()).eval()
+    ids, mask, px = _inputs()
+    ref = model(ids, mask, px).pooler_output
+    model.set_attention_backend("math")
+    assert model.text_model.model.config._attn_implementation == "eager"
+    assert all(m.self_attn.backend == "math" for m in model.fusion.text_layers)
+    torch.testing.assert_close(model(ids, mask, px).pooler_output, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        model.set_attention_backend("flash9")
+    m2 = BridgeTowerModel(_small_config(attn_backend="math"))
+    assert m2.fusion.image_layers[0].cross_attn.backend == "math"
+
+
+def test_torch_compile_matches_eager():
+    # one layer everywhere: tracing time (not the model) dominates this test
+    config = _small_config(
+        vision={"width": 64, "layers": 1, "heads": 2, "image_size": 32},
+        text={"vocab_size": 50, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 20},
+        fusion={"hidden_size": 32, "num_layers": 1, "num_heads": 4, "intermediate_size": 64},
+    )
+    model = BridgeTowerModel(config).eval()
+    ids, mask, px = _inputs()
+    ref = model(ids, mask, px).pooler_output
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        out = compiled(ids, mask, px).pooler_output
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_vision_tower_is_open_clip_with_ln_post():
+    model = BridgeTowerModel(_small_config()).eval()
+    visual = model.vision_model.visual
+    px = torch.randn(2, 3, 32, 32)
+    top = model.encode_image(px)[-1]
+    with torch.no_grad():
+        ref = visual.ln_post(visual.transformer(visual._embeds(px)))  # open_clip's own path
+    torch.testing.assert_close(top, ref)
+    # other image sizes: bicubic position resize (64 px = 4x4 patches from a 2x2 table)
+    assert model.encode_image(torch.randn(1, 3, 64, 48))[0].shape == (1, 1 + 4 * 3, 64)
+
+
+def test_ln_separate_normalises_each_tapped_layer_with_its_own_layernorm():
+    model = BridgeTowerModel(_small_config(vision={"width": 64, "layers": 3, "heads": 2, "image_size": 32,
+                                                   "ln_separate": True})).eval()
+    enc = model.vision_model
+    with torch.no_grad():
+        for ln in enc.ln_separate:
+            ln.weight.normal_()
+            ln.bias.normal_()
+    px = torch.randn(2, 3, 32, 32)
+    outs = model.encode_image(px)
+    with torch.no_grad():
+        x = enc.visual._embeds(px)
+        blocks = [x := b(x) for b in enc.visual.transformer.resblocks]
+    for i, out in enumerate(outs):  # tapped layers 1 and 2 of 0..2
+        torch.testing.assert_close(out, enc.ln_separate[i + 1](blocks[i + 1]))
+
+
+def test_text_tower_equals_eager_transformers_model():
+    model = BridgeTowerModel(_small_config()).eval()
+    ids, mask, _ = _inputs()
+    ours = model.encode_text(ids, mask)
+    model.text_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = model.text_model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for a, b in zip(ours, ref[-2:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_quick_gelu_gradient_float64():
+    x = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(QuickGELU(), (x,))
+    y = QuickGELU()(x)
+    torch.testing.assert_close(y, x * torch.sigmoid(1.702 * x))
+
+
+def test_patch_mask_from_pixel_mask():
+    assert patch_mask_from_pixel_mask(torch.ones(2, 32, 32, dtype=torch.long), 16) is None
+    pm = torch.zeros(2, 32, 48, dtype=torch.long)
+    pm[0] = 1
+    pm[1, :32, :20] = 1  # columns 0..19: patches in grid columns 0 and 1 are (partly) real
+    mask = patch_mask_from_pixel_mask(pm, 16)
+    expected = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    model = BridgeTowerModel(_small_config()).eval()
+    ids, mask_t, _ = _inputs(b=2)
+    px = torch.randn(2, 3, 32, 48)
+    out = model(ids, mask_t, px, pm)
+    ref = model.fuse(model.encode_text(ids, mask_t), model.encode_image(px), mask_t, expected)
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = BridgeTowerModel(_small_config())
+    ids, mask, px = _inputs()
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        model(ids, mask, px[:2])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(ids, mask, px[:, :2])
+    with pytest.raises(ValueError, match="integer"):
+        model(ids.float(), mask, px)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, mask[:, :4], px)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        model(ids, mask, torch.randn(3, 3, 30, 32))
+    with pytest.raises(ValueError, match="needs pixel_values"):
+        model(ids, mask)
+    with pytest.raises(ValueError, match="one per cross layer"):
+        model.fuse(model.encode_text(ids, mask)[:1], model.encode_image(px), mask)
+    with pytest.raises(TypeError, match="BridgeTowerConfig"):
+        BridgeTowerModel({"fusion": {}})
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_pooled_only_is_exact_for_the_pooler_and_its_gradients(checkpointing):
+    config = _small_config(gradient_checkpointing=checkpointing)
+    assert config.fusion.dropout == config.fusion.attn_dropout == 0.0  # the tiny config: no dropout
+    model = BridgeTowerModel(config).train()
+    ids, mask, px = _inputs()
+    grads = []
+    for pooled_only in (False, True):
+        model.zero_grad()
+        out = model(ids, mask, px, pooled_only=pooled_only, output_hidden_states=True)
+        out.pooler_output.square().sum().backward()
+        grads.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full, g_full), (cls, g_cls) = grads
+    assert cls.text_features.shape == (3, 1, 32) and cls.image_features.shape == (3, 1, 32)
+    torch.testing.assert_close(cls.pooler_output, full.pooler_output, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cls.cross_hidden_states[0][1], full.cross_hidden_states[0][1])
+    assert g_full.keys() == g_cls.keys()
+    for name in g_full:
+        torch.testing.assert_close(g_cls[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
