@@ -38,7 +38,6 @@ from bridgetower.models import (
     build_test_tokenizer,
     create_model,
 )
-from bridgetower.models import convert as bt_convert
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_CARD = Path("/work/shared/seeds/bridgetower-large-itm-mlm-model-card.txt")
@@ -136,23 +135,6 @@ def hf_checkpoint(tmp_path_factory, tokenizer) -> Path:
     return d
 
 
-@pytest.fixture
-def eval_after_load_workaround(monkeypatch):
-    """WORKAROUND -- remove once ``from_pretrained`` returns the model in eval mode.
-
-    ``transformers``' ``from_pretrained`` returns the model in eval mode, and the card relies on
-    it (no ``model.eval()`` line).  Ours currently returns it in training mode, so dropout
-    (0.1 in these configs, as in the real checkpoint) would randomise every output.
-    ``test_from_pretrained_returns_eval_mode`` checks the unpatched behaviour.
-    """
-    original = bt_convert._build_and_load
-
-    def build_and_load(*args, **kwargs):
-        return original(*args, **kwargs).eval()
-
-    monkeypatch.setattr(bt_convert, "_build_and_load", build_and_load)
-
-
 def _itm(library, image_file, checkpoint):
     ns, _ = cards.run(
         cards.ITM_SNIPPET, library=library, image_file=image_file, checkpoint=checkpoint
@@ -190,14 +172,14 @@ def _assert_clear_argmax(logits: torch.Tensor) -> None:
 # ------------------------------------------------------------------ transformers checkpoint
 
 
-def test_itm_snippet_same_scores(hf_checkpoint, image_file, eval_after_load_workaround):
+def test_itm_snippet_same_scores(hf_checkpoint, image_file):
     ref = _itm("transformers", image_file, hf_checkpoint)
     got = _itm("bridgetower", image_file, hf_checkpoint)
     _assert_same_scores(ref, got)
 
 
 def test_mlm_snippet_same_decoded_string(
-    hf_checkpoint, image_file, tokenizer, eval_after_load_workaround
+    hf_checkpoint, image_file, tokenizer
 ):
     ref = _mlm("transformers", image_file, hf_checkpoint)
     got = _mlm("bridgetower", image_file, hf_checkpoint)
@@ -264,7 +246,7 @@ def our_checkpoints(tmp_path_factory, tokenizer, image_file):
 
 
 def test_our_model_in_hf_format_runs_card_with_transformers(
-    our_checkpoints, image_file, eval_after_load_workaround
+    our_checkpoints, image_file
 ):
     hf_dir, our_dir = our_checkpoints
     assert (
@@ -284,14 +266,6 @@ def test_our_model_in_hf_format_runs_card_with_transformers(
     assert _mlm("bridgetower", image_file, hf_dir)["results"] == got["results"]
 
 
-# ------------------------------------------------------------------ needs a models change
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_pretrained returns training mode; needs .eval() in BridgeTowerPreTrainedMixin.from_pretrained "
-    "(bridgetower/models/bridgetower.py, models engineer); then drop this mark and eval_after_load_workaround",
-)
 def test_from_pretrained_returns_eval_mode(hf_checkpoint):
     # transformers' from_pretrained returns eval mode and the card has no model.eval() line
     assert not bridgetower.BridgeTowerForMaskedLM.from_pretrained(hf_checkpoint).training
@@ -311,7 +285,7 @@ def offline_hub(monkeypatch, tmp_path):
 
 
 def test_hub_id_from_the_local_hub_cache(
-    offline_hub, hf_checkpoint, image_file, eval_after_load_workaround
+    offline_hub, hf_checkpoint, image_file
 ):
     # the card's own Hub id, resolved through huggingface_hub's cache (as after a download)
     import huggingface_hub.constants as hub_constants
@@ -341,11 +315,6 @@ def test_hub_id_offline_model_is_os_error(offline_hub):
         bridgetower.BridgeTowerForImageAndTextRetrieval.from_pretrained(cards.HUB_NAME)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the model's Hub error does not name the id; needs the try/except of the report in "
-    "bridgetower/models/convert.py load_pretrained (models engineer)",
-)
 def test_hub_id_offline_model_error_names_the_id(offline_hub):
     with pytest.raises(OSError, match="BridgeTower/bridgetower-large-itm-mlm"):
         bridgetower.BridgeTowerForMaskedLM.from_pretrained(cards.HUB_NAME)

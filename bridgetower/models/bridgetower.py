@@ -103,7 +103,8 @@ class BridgeTowerPreTrainedMixin:
         an official ``.ckpt``.  See :func:`bridgetower.models.convert.load_pretrained`."""
         from .convert import load_pretrained
 
-        return load_pretrained(cls, source, strict=strict, **overrides)
+        # eval mode, as transformers returns it: the model card's snippets run no model.eval()
+        return load_pretrained(cls, source, strict=strict, **overrides).eval()
 
     def save_pretrained(self, directory: str | Path, *, format: str = "bridgetower") -> None:
         """Save to ``directory``: ``format="bridgetower"`` (default; safetensors + JSON) or

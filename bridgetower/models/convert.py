@@ -824,15 +824,32 @@ def load_pretrained(cls: type, source: Any, *, strict: bool = True, config_json:
         raise ValueError(f"{path}: not a bridgetower, HF BridgeTower or official checkpoint directory")
     if str(source).startswith(("/", ".", "~")) or str(source).count("/") != 1:
         raise FileNotFoundError(f"no checkpoint at {str(source)!r} (not a file, directory or hub name 'org/name')")
-    # a hub name: needs network
+    # a hub name: needs network (or a filled local cache)
+    import huggingface_hub
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     from transformers import BridgeTowerConfig as HFConfig
 
-    config = config_from_hf(HFConfig.from_pretrained(str(source)))
+    name = str(source)
     try:
-        weights = Path(hf_hub_download(str(source), "model.safetensors"))
-    except Exception:  # noqa: BLE001 - older repos ship only the pickle
-        weights = Path(hf_hub_download(str(source), "pytorch_model.bin"))
+        hf_config = HFConfig.from_pretrained(name)
+        try:
+            weights = Path(hf_hub_download(name, "model.safetensors"))
+        except EntryNotFoundError as err:  # older repos ship only the pickle
+            if isinstance(err, LocalEntryNotFoundError):
+                raise
+            weights = Path(hf_hub_download(name, "pytorch_model.bin"))
+    except (OSError, ValueError) as err:  # offline and not cached, unknown repo, malformed id
+        offline = (
+            " (HF_HUB_OFFLINE is set and it is not cached)"
+            if huggingface_hub.constants.HF_HUB_OFFLINE
+            else ""
+        )
+        raise OSError(
+            f"{name!r} is not a local file or directory, and loading it as a Hugging Face "
+            f"Hub id failed{offline}: {err}"
+        ) from err
+    config = config_from_hf(hf_config)
     sd = _read_state_dict(weights)
     return _build_and_load(cls, config, convert_hf_state_dict(sd, encoder_prefix=prefix), strict, overrides)
 
