@@ -28,6 +28,18 @@ from .collate import (
     sample_hard_negatives,
     sample_itm_negatives,
 )
+from .downstream import (
+    VQA_ANSWERS,
+    InStreamFalseTexts,
+    IRTRCollator,
+    SceneIRTRDataset,
+    SceneNLVR2Dataset,
+    SceneSNLIVEDataset,
+    SceneVQADataset,
+    build_downstream_tokenizer,
+    downstream_vocabulary,
+    scene_retrieval_set,
+)
 from .datasets import (
     ImageTextDataset,
     SceneITMEvalDataset,
@@ -103,4 +115,14 @@ __all__ = [
     "arrow_schema",
     "vqa_soft_targets",
     "write_arrow_table",
+    "VQA_ANSWERS",
+    "InStreamFalseTexts",
+    "IRTRCollator",
+    "SceneIRTRDataset",
+    "SceneNLVR2Dataset",
+    "SceneSNLIVEDataset",
+    "SceneVQADataset",
+    "build_downstream_tokenizer",
+    "downstream_vocabulary",
+    "scene_retrieval_set",
 ]
