@@ -1,0 +1,171 @@
+"""Training metrics: a JSONL log, a CSV table, TensorBoard when installed, and a PNG plot.
+
+:class:`MetricsLogger` appends one JSON object per record to ``metrics.jsonl`` (``{"step":
+.., "split": "train" | "eval", ...}``) and rewrites ``metrics.csv`` (the union of all keys as
+columns) on :meth:`MetricsLogger.flush`.  On resume, :meth:`MetricsLogger.truncate_after`
+drops the records written after the checkpoint, so a resumed run's log is the log of the
+uninterrupted run.  :func:`plot_metrics` draws the loss and accuracy curves with matplotlib's
+object API (no ``pyplot`` global state).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MetricsLogger", "plot_metrics", "read_jsonl"]
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL metrics file (an empty list when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLogger:
+    """Write metric records under ``output_dir`` (``metrics.jsonl``, ``metrics.csv``, and a
+    ``tensorboard/`` folder when ``tensorboard`` is importable and ``tensorboard=True``)."""
+
+    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.output_dir / "metrics.jsonl"
+        self.csv_path = self.output_dir / "metrics.csv"
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard not installed: JSONL + CSV only
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+
+    @property
+    def records(self) -> list[dict]:
+        return read_jsonl(self.jsonl_path)
+
+    def log(self, step: int, values: Mapping[str, float], *, split: str = "train") -> dict:
+        """Append one record; non-finite floats are written as ``null``."""
+        record: dict = {"step": int(step), "split": split}
+        for k, v in values.items():
+            v = float(v)
+            record[k] = v if math.isfinite(v) else None
+        with open(self.jsonl_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "split") and v is not None:
+                    self._tb.add_scalar(f"{split}/{k}", v, step)
+        return record
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records with ``step`` greater than ``step`` (used on resume)."""
+        kept = [r for r in self.records if r.get("step", 0) <= step]
+        _atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.flush()
+
+    def flush(self) -> None:
+        """Rewrite ``metrics.csv`` from the JSONL records."""
+        records = self.records
+        columns: list[str] = ["step", "split"]
+        for r in records:
+            for k in r:
+                if k not in columns:
+                    columns.append(k)
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, restval="")
+            w.writeheader()
+            for r in records:
+                w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        os.replace(tmp, self.csv_path)
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _series(records: Iterable[dict], split: str, key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        if r.get("split") == split and r.get(key) is not None:
+            xs.append(r["step"])
+            ys.append(r[key])
+    return xs, ys
+
+
+def plot_metrics(records: list[dict], path: str | Path, *, title: str | None = None) -> Path:
+    """Draw the loss curves (left) and the accuracy curves (right) into a PNG at ``path``.
+
+    Plots every ``train`` key starting with ``loss`` and every key containing ``acc`` of both
+    splits (accuracies as percentages).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(13, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    keys = []
+    for r in records:
+        for k in r:
+            if k not in ("step", "split") and (r["split"], k) not in keys:
+                keys.append((r["split"], k))
+    for split, k in keys:
+        xs, ys = _series(records, split, k)
+        if not xs:
+            continue
+        if split == "train" and k.startswith("loss"):
+            ax_loss.plot(xs, ys, label=k, linewidth=1.2)
+        elif "acc" in k:
+            style = "-" if split == "train" else "o-"
+            ax_acc.plot(xs, [100 * y for y in ys], style, label=f"{split}/{k}", linewidth=1.2, markersize=3)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("training losses")
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_ylim(0, 101)
+    ax_acc.set_title("accuracies")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(True, alpha=0.3)
+    if ax_loss.get_legend_handles_labels()[0]:
+        ax_loss.legend(fontsize=7)
+    if ax_acc.get_legend_handles_labels()[0]:  # many curves: the legend goes beside the axes
+        ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
