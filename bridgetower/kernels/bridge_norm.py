@@ -969,6 +969,23 @@ def _check_inputs(x, z, weight, bias, coef, mode, eps) -> None:
         raise ValueError(f"bridge_norm: z is on {z.device} but x is on {x.device}")
 
 
+def _autocast_align(x, z):
+    """Under autocast, a residual stream (float32) meets a Linear output (bf16/fp16): promote
+    both to the wider dtype, as autocast runs ``layer_norm`` in float32.  Outside autocast,
+    mixed dtypes stay an error (raised by ``_check_inputs``)."""
+    if (
+        isinstance(x, torch.Tensor)
+        and isinstance(z, torch.Tensor)
+        and x.dtype != z.dtype
+        and x.is_floating_point()
+        and z.is_floating_point()
+        and torch.is_autocast_enabled(x.device.type)
+    ):
+        dtype = torch.promote_types(x.dtype, z.dtype)
+        return x.to(dtype), z.to(dtype)
+    return x, z
+
+
 def bridge_norm(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -983,7 +1000,8 @@ def bridge_norm(
     """``LayerNorm(a*x + b*z) * weight + bias`` over the last dimension (see the module doc).
 
     Args:
-        x, z: ``(..., D)`` floating-point tensors of the same shape, dtype and device.
+        x, z: ``(..., D)`` floating-point tensors of the same shape, dtype and device (under
+            autocast, differing float dtypes are promoted to the wider one).
         weight, bias: optional ``(D,)`` LayerNorm affine parameters (dtype of x or float32).
         coef: the bridge coefficient: ``None`` for ``add``, a 0-d tensor for ``scaled_add``
             and ``interpolate``, shape ``(D,)`` for ``scaled_add_tensor`` and
@@ -996,6 +1014,7 @@ def bridge_norm(
     Returns:
         ``(..., D)`` tensor in x's dtype.
     """
+    x, z = _autocast_align(x, z)
     _check_inputs(x, z, weight, bias, coef, mode, eps)
     impl = _pick_backend(x, backend)
     return impl(x, z, weight, bias, coef, mode, float(eps))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from bridgetower.kernels import BRIDGE_NORM_MODES, bridge_norm_eager, bridge_norm_ref
+from bridgetower.kernels import BRIDGE_NORM_MODES, bridge_norm, bridge_norm_eager, bridge_norm_ref
 
 
 def _coef(mode, d, dtype=torch.float64):
@@ -62,3 +63,17 @@ def test_reference_computes_low_precision_in_float32():
     assert got.dtype == torch.bfloat16
     want = torch.nn.functional.layer_norm(x.float() + z.float(), (64,)).to(torch.bfloat16)
     assert torch.equal(got, want)
+
+
+def test_bridge_norm_promotes_mixed_dtypes_under_autocast():
+    # a bf16 Linear output meets a float32 residual stream inside torch.autocast
+    x = torch.randn(3, 5, 16, dtype=torch.bfloat16)
+    z = torch.randn(3, 5, 16)
+    w, b = torch.randn(16), torch.randn(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bridge_norm(x, z, w, b, backend="torch")
+    assert out.dtype == torch.float32
+    expected = F.layer_norm(x.double() + z.double(), (16,), w.double(), b.double(), 1e-5)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="same dtype"):  # outside autocast it stays an error
+        bridge_norm(x, z, w, b)
