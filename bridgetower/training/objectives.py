@@ -60,10 +60,15 @@ def check_pretraining_batch(batch: Mapping[str, Any], *, mlm: bool, itm: bool, i
             f"the batch lacks {missing} (has {sorted(batch)}); build it with "
             "bridgetower.data.PretrainingCollator"
         )
-    b = batch["pixel_values"].shape[0]
+    # pixel_values may hold extra images after the B pair images: ITM negatives owned by another
+    # rank's shard (see bridgetower.training.distributed.shard_batch)
+    n_images = batch["pixel_values"].shape[0]
+    b = batch["attention_mask"].shape[0] if "attention_mask" in batch else n_images
+    if n_images < b:
+        raise ValueError(f"pixel_values has {n_images} rows, fewer than the {b} texts")
     for k in need:
         if k != "pixel_values" and batch[k].shape[0] != b:
-            raise ValueError(f"batch[{k!r}] has {batch[k].shape[0]} rows, pixel_values has {b}")
+            raise ValueError(f"batch[{k!r}] has {batch[k].shape[0]} rows, attention_mask has {b}")
     if mlm and batch["mlm_labels"].shape != batch["mlm_input_ids"].shape:
         raise ValueError(
             f"mlm_labels {tuple(batch['mlm_labels'].shape)} must have the shape of mlm_input_ids "
@@ -112,7 +117,7 @@ class PretrainingObjective:
 
         pixel_values = batch["pixel_values"]
         attention_mask = batch["attention_mask"]
-        b = pixel_values.shape[0]
+        b = attention_mask.shape[0]  # pairs; pixel_values may have extra ITM-only images after them
         dev = pixel_values.device
         rows = torch.arange(b, device=dev)
         bt = model.bridgetower
@@ -149,8 +154,12 @@ class PretrainingObjective:
             if do_mlm:
                 logits = model.mlm_score(fused.text_features[:b])  # (B, L, V)
                 labels = batch["mlm_labels"]
-                losses["mlm"] = mlm_loss(logits, labels)
                 sel = labels != -100
+                losses["mlm"] = mlm_loss(logits, labels)
+                if batch.get("mlm_normalizer") is not None:
+                    # a rank's shard: sum of its token losses / (global masked count / world size),
+                    # so that the ranks' average is the mean over the global batch's tokens
+                    losses["mlm"] = losses["mlm"] * (sel.sum().float() / batch["mlm_normalizer"])
                 with torch.no_grad():
                     hits = (logits.argmax(-1) == labels) & sel
                     metrics["acc_mlm"] = hits.sum().float() / sel.sum().clamp_min(1).float()
@@ -163,7 +172,7 @@ class PretrainingObjective:
                     metrics["acc_itm"] = (logits.argmax(-1) == labels).float().mean()
         if do_itc:
             sl = slice(itc_from * b, (itc_from + 1) * b)
-            t_emb, i_emb = model.itc_embeds([t[sl] for t in text_states], image_states)
+            t_emb, i_emb = model.itc_embeds([t[sl] for t in text_states], [v[:b] for v in image_states])
             losses["itc"] = itc_loss(t_emb, i_emb, model.itc.effective_temperature(), gather=self.itc_gather)
             with torch.no_grad():
                 metrics["acc_itc"] = ((i_emb @ t_emb.t()).argmax(-1) == rows).float().mean()
