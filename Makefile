@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,dev,xformers
+EXTRAS ?= test,dev,xformers,tracking
 # Threads for torch on CPU; the machines here have 2 cores.
 export OMP_NUM_THREADS ?= 2
 

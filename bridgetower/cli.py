@@ -198,6 +198,7 @@ Examples:
   bridgetower pretrain --steps 200 --output-dir runs/quick
   bridgetower pretrain --data my_pairs/ --model bridgetower-base --precision bf16
   bridgetower pretrain --output-dir runs/demo --resume  # continue an interrupted run
+  torchrun --nproc_per_node=4 -m bridgetower.cli pretrain --data my_pairs/   # 4 processes, DDP
 """
 
 
@@ -258,6 +259,13 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar: auto = only on a terminal (default: auto)")
     r.add_argument("--quiet", action="store_true", help="only warnings and the final tables")
+    from .training.tracking import add_tracker_argument
+
+    add_tracker_argument(r)
+    r.add_argument("--distributed", choices=("auto", "none", "ddp", "fsdp"), default="auto",
+                   help="data-parallel strategy when launched by torchrun: ddp, or fsdp (FSDP2 fully_shard, "
+                   "for the large model); auto = ddp under torchrun with several processes, none otherwise. "
+                   "--batch-size is then the global batch, split across the processes (default: auto)")
 
     s = sub.add_parser(
         "score",
@@ -405,6 +413,28 @@ def _caption_words(kind: str, source: Any) -> list[str]:
 
 # ---------------------------------------------------------------------------------- pretrain
 def _pretrain(args: argparse.Namespace) -> int:
+    from .training.distributed import init_distributed, launched_by_torchrun
+
+    t_start = time.perf_counter()
+    knobs = _resolve(args)
+    ctx = None
+    strategy = args.distributed
+    if strategy in ("ddp", "fsdp") or (strategy == "auto" and launched_by_torchrun()):
+        try:
+            ctx = init_distributed(device=args.device)
+        except ValueError as e:
+            raise CLIError(f"--distributed: {e}") from None
+        if strategy == "auto":
+            ctx, strategy = (ctx, "ddp") if ctx.is_distributed else (None, "none")
+    if ctx is None:
+        return _pretrain_run(args, knobs, t_start, None, "none")
+    try:
+        return _pretrain_run(args, knobs, t_start, ctx, strategy)
+    finally:
+        ctx.shutdown()
+
+
+def _pretrain_run(args: argparse.Namespace, knobs: dict, t_start: float, ctx: Any, strategy: str) -> int:
     import torch
 
     from .data import (
@@ -429,13 +459,21 @@ def _pretrain(args: argparse.Namespace) -> int:
         describe_param_groups,
         seed_everything,
     )
+    from .training.distributed import DistributedTrainer, all_gather_with_grad, barrier, parallelize
 
-    _setup_logging(args.quiet)
-    t_start = time.perf_counter()
-    knobs = _resolve(args)
+    main_rank = ctx is None or ctx.is_main
+    _setup_logging(args.quiet or not main_rank)
     demo = args.data is None
     out_dir = Path(args.output_dir or (DEMO_OUTPUT_DIR if demo else PRETRAIN_OUTPUT_DIR))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if ctx is not None:
+        device = str(ctx.device)
+        if knobs["batch_size"] % ctx.world_size:
+            raise CLIError(
+                f"--batch-size {knobs['batch_size']} (the global batch) is not divisible by the "
+                f"{ctx.world_size} processes"
+            )
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as e:
@@ -454,15 +492,17 @@ def _pretrain(args: argparse.Namespace) -> int:
             raise CLIError(f"--resume: {e}") from None
     else:
         resume_from = None
-        for name in ("checkpoints", "model", "metrics.jsonl", "metrics.csv", "training_curves.png", "tensorboard"):
-            target = out_dir / name
-            if target.exists():
-                logger.warning("replacing the previous run in %s (pass --resume to continue it)", out_dir)
-                break
-        for name in ("checkpoints", "model", "tensorboard"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-        for name in ("metrics.jsonl", "metrics.csv", "training_curves.png", "run_config.json", "summary.json"):
-            (out_dir / name).unlink(missing_ok=True)
+        if main_rank:
+            for name in ("checkpoints", "model", "metrics.jsonl", "metrics.csv", "training_curves.png", "tensorboard"):
+                target = out_dir / name
+                if target.exists():
+                    logger.warning("replacing the previous run in %s (pass --resume to continue it)", out_dir)
+                    break
+            for name in ("checkpoints", "model", "tensorboard"):
+                shutil.rmtree(out_dir / name, ignore_errors=True)
+            for name in ("metrics.jsonl", "metrics.csv", "training_curves.png", "run_config.json", "summary.json"):
+                (out_dir / name).unlink(missing_ok=True)
+        barrier()
 
     # data and tokenizer
     max_len = knobs["max_text_len"]
@@ -505,8 +545,10 @@ def _pretrain(args: argparse.Namespace) -> int:
             if kind == "index":
                 dataset = ImageTextDataset(source, transform=transform, tokenizer=tokenizer, max_length=max_len)
             else:
+                # rank=0, world_size=1: every process reads the same global stream and keeps its
+                # rows of each batch (bridgetower.training.distributed)
                 dataset = WebDatasetPairs(source, transform=transform, tokenizer=tokenizer, max_length=max_len,
-                                          shuffle_shards=True, seed=args.seed)
+                                          shuffle_shards=True, seed=args.seed, rank=0, world_size=1)
         except (ValueError, OSError) as e:
             raise CLIError(f"--data: {e}") from None
     collator = PretrainingCollator.from_tokenizer(
@@ -525,14 +567,16 @@ def _pretrain(args: argparse.Namespace) -> int:
     # model, optimizer, schedule
     seed_everything(args.seed)
     model = BridgeTowerForPretraining(config)
-    optimizer = build_optimizer(
+    objective = PretrainingObjective(
+        mlm_weight=knobs["mlm_weight"], itm_weight=knobs["itm_weight"], itc_weight=knobs["itc_weight"],
+        itc_gather=all_gather_with_grad if ctx is not None else None,
+    )
+    par = parallelize(model, objective, ctx, strategy=strategy) if ctx is not None else None
+    optimizer = build_optimizer(  # after parallelize: FSDP replaces the parameters
         model, lr=knobs["lr"], betas=knobs["betas"], eps=knobs["eps"], weight_decay=knobs["weight_decay"],
         cross_modal_multiplier=knobs["cross_modal_lr_mult"], head_multiplier=knobs["head_lr_mult"],
     )
     scheduler = build_scheduler(optimizer, total_steps=knobs["steps"], warmup=knobs["warmup"])
-    objective = PretrainingObjective(
-        mlm_weight=knobs["mlm_weight"], itm_weight=knobs["itm_weight"], itc_weight=knobs["itc_weight"]
-    )
     evaluator = SceneEvaluator(tokenizer, size=args.eval_size, image_size=image_size, batch_size=128) if demo else None
     progress = {"auto": None, "on": True, "off": False}[args.progress]
     tcfg = TrainerConfig(
@@ -540,21 +584,32 @@ def _pretrain(args: argparse.Namespace) -> int:
         max_grad_norm=knobs["clip"] or None, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=knobs["checkpoint_every"],
         keep_checkpoints=args.keep_checkpoints, log_every=knobs["log_every"], eval_every=knobs["eval_every"],
-        seed=args.seed, device=device, progress=progress,
+        seed=args.seed, device=device, progress=progress, tensorboard=False, trackers=args.tracker,
     )
 
     def save_tokenizer(directory: Path) -> None:
         tokenizer.save_pretrained(str(directory))
 
-    trainer = Trainer(model, objective, optimizer, stream, tcfg, scheduler=scheduler, eval_fn=evaluator,
-                      extra_save=save_tokenizer)
+    from .training.tracking import TrackerUnavailableError
+
+    try:
+        if par is not None:
+            trainer = DistributedTrainer(par, optimizer, stream, tcfg, scheduler=scheduler, eval_fn=evaluator,
+                                         extra_save=save_tokenizer)
+        else:
+            trainer = Trainer(model, objective, optimizer, stream, tcfg, scheduler=scheduler, eval_fn=evaluator,
+                              extra_save=save_tokenizer)
+    except TrackerUnavailableError as e:
+        raise CLIError(f"--tracker: {e}") from None
     run_config = {
         "recipe": knobs["recipe"], "model": args.model, "data": args.data or "synthetic scenes",
         "seed": args.seed, "precision": args.precision, "device": device,
         "knobs": {k: v for k, v in knobs.items() if k != "recipe"},
         "parameters": sum(p.numel() for p in model.parameters()),
+        "distributed": {"strategy": strategy, "world_size": ctx.world_size if ctx is not None else 1},
     }
-    (out_dir / "run_config.json").write_text(json.dumps(run_config, indent=1, default=str) + "\n")
+    if main_rank:
+        (out_dir / "run_config.json").write_text(json.dumps(run_config, indent=1, default=str) + "\n")
     logger.info("%s recipe, %s (%s parameters) on %s, output %s", knobs["recipe"], args.model,
                 f"{run_config['parameters']:,}", device, out_dir)
     logger.info("parameter groups:\n%s", describe_param_groups(optimizer.param_groups))
@@ -579,11 +634,18 @@ def _pretrain(args: argparse.Namespace) -> int:
     total_s = time.perf_counter() - t_start
     summary = {"steps": trainer.step, "train_seconds": round(train_s, 1), "total_seconds": round(total_s, 1),
                "before": before, "after": after}
+    score_table = None
+    if demo and par is not None and strategy == "fsdp":
+        score_table = par.run(lambda m: _demo_score_table(m, tokenizer, image_size))
+    elif demo and main_rank and after is not None:
+        score_table = _demo_score_table(model, tokenizer, image_size)
+    if not main_rank:
+        return 0
     print()
     if demo and after is not None:
         print(_demo_table(before, after, args.eval_size))
         print()
-        print(_demo_score_table(model, tokenizer, image_size))
+        print(score_table)
         print()
     print(f"{trainer.step} steps in {train_s:.0f} s ({trainer.step / max(train_s, 1e-9):.2f} steps/s); "
           f"{total_s:.0f} s in all")

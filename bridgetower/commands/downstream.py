@@ -158,10 +158,10 @@ Examples:
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from ..training.finetune import TASKS
 
-    tasks = "\n".join(f"  {name:<8}  {spec.description}" for name, spec in TASKS.items())
+    tasks = "\n".join(f"  {name:<16}  {spec.description}" for name, spec in TASKS.items())
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a model on a downstream task (vqa, nlvr2, snli-ve, irtr)",
+        help=f"fine-tune a model on a downstream task ({', '.join(TASKS)})",
         description="Fine-tune a BridgeTower task model and evaluate it on held-out data.",
         epilog=_FINETUNE_EPILOG.format(tasks=tasks),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -213,6 +213,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="progress bar: auto = only on a terminal (default: auto)")
     r.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from ..training.tracking import add_tracker_argument
+
+    add_tracker_argument(r)
     p.set_defaults(handler=run_finetune)
 
 
@@ -358,8 +361,9 @@ def _finetune(args: argparse.Namespace) -> int:
             retrieval_eval_size=args.retrieval_eval_size, seed=args.seed, device=device,
             precision=args.precision, log_every=args.log_every, eval_every=args.eval_every,
             checkpoint_every=args.checkpoint_every, resume=args.resume, progress=progress,
+            trackers=args.tracker,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:  # ImportError: a --tracker not installed
         raise _UsageError(str(e)) from None
     if args.json:
         print(json.dumps(summary, indent=1))

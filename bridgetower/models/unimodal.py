@@ -234,12 +234,13 @@ class _UniModalClassifier(nn.Module):
         directory of any task model, a Hugging Face BridgeTower directory / hub name /
         in-memory model, an official ``.ckpt``) or an in-memory BridgeTower model of ours --
         then only the tower is taken, the head is new and ``num_labels`` is required.
-        ``overrides`` are config overrides (e.g. ``**{"vision.image_size": 96}``).
+        ``overrides`` are config overrides (e.g. ``**{"vision.image_size": 96}``).  The model
+        is returned in eval mode, like every ``from_pretrained`` of the package.
         """
         if isinstance(source, (str, Path)) and Path(source).is_dir():
             meta = _read_meta(Path(source))
             if meta.get("format") == _FORMAT and meta.get("task") == cls.task_name:
-                return cls._load_own(Path(source), meta, num_labels, strict, overrides)
+                return cls._load_own(Path(source), meta, num_labels, strict, overrides).eval()
             if meta.get("format") == _FORMAT and meta.get("task") in UNIMODAL_TASKS:
                 raise ValueError(
                     f"{source}: a saved {UNIMODAL_TASKS[meta['task']].__name__} has no "
@@ -262,7 +263,7 @@ class _UniModalClassifier(nn.Module):
             vl = source
         else:
             vl = _load_vl(source, strict, overrides)
-        return cls.from_bridgetower(vl, num_labels=num_labels, image_size=image_size, vocab_size=vocab_size)
+        return cls.from_bridgetower(vl, num_labels=num_labels, image_size=image_size, vocab_size=vocab_size).eval()
 
     @classmethod
     def _load_own(cls, directory: Path, meta: dict, num_labels: int | None, strict: bool, overrides: dict):

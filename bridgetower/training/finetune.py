@@ -586,6 +586,7 @@ def finetune(
     checkpoint_every: int = 0,
     resume: bool = False,
     progress: bool | None = None,
+    trackers: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``task`` and return a summary (also written to ``finetune_summary.json``).
 
@@ -603,7 +604,8 @@ def finetune(
     The output directory receives the :class:`~bridgetower.training.trainer.Trainer`'s
     checkpoints, ``metrics.jsonl``/``.csv`` (train and eval records), the final model and
     tokenizer in ``model/``, ``run_config.json`` and ``finetune_summary.json`` (held-out
-    metrics before and after).
+    metrics before and after).  ``trackers``: experiment trackers (``"tensorboard"``,
+    ``"wandb"``, see :mod:`~bridgetower.training.tracking`) besides the JSONL/CSV log.
     """
     from ..data import ImageTransform
     from ..data.downstream import build_downstream_tokenizer, scene_retrieval_set
@@ -714,7 +716,7 @@ def finetune(
     tcfg = TrainerConfig(
         output_dir=out_dir, max_steps=steps, max_grad_norm=recipe.clip or None, precision=precision,
         checkpoint_every=checkpoint_every, log_every=log_every, eval_every=eval_every, seed=seed,
-        device=device, progress=progress, tensorboard=False, plot=False,
+        device=device, progress=progress, tensorboard=False, plot=False, trackers=trackers,
     )
 
     if not resume:  # a new run replaces an old one in the same directory
@@ -767,3 +769,6 @@ def finetune(
     }
     (out_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+from . import unimodal as _unimodal  # noqa: E402,F401  registers image-cls, text-cls, ... (imports this module)

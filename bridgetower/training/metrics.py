@@ -48,9 +48,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 class MetricsLogger:
     """Write metric records under ``output_dir`` (``metrics.jsonl``, ``metrics.csv``, and a
-    ``tensorboard/`` folder when ``tensorboard`` is importable and ``tensorboard=True``)."""
+    ``tensorboard/`` folder when ``tensorboard`` is importable and ``tensorboard=True``).
 
-    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True) -> None:
+    ``trackers``: :class:`~bridgetower.training.tracking.Tracker` objects (TensorBoard, W&B)
+    that receive every record too; :meth:`close` closes them."""
+
+    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, trackers: Iterable = ()) -> None:
+        self.trackers = list(trackers)
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.output_dir / "metrics.jsonl"
@@ -80,6 +84,10 @@ class MetricsLogger:
             for k, v in record.items():
                 if k not in ("step", "split") and v is not None:
                     self._tb.add_scalar(f"{split}/{k}", v, step)
+        if self.trackers:
+            scalars = {k: v for k, v in record.items() if k not in ("step", "split") and v is not None}
+            for tracker in self.trackers:
+                tracker.log(int(step), scalars, split=split)
         return record
 
     def truncate_after(self, step: int) -> None:
@@ -105,12 +113,17 @@ class MetricsLogger:
         os.replace(tmp, self.csv_path)
         if self._tb is not None:
             self._tb.flush()
+        for tracker in self.trackers:
+            tracker.flush()
 
     def close(self) -> None:
         self.flush()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
 
 def _series(records: Iterable[dict], split: str, key: str) -> tuple[list[int], list[float]]:

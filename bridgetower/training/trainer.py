@@ -75,7 +75,9 @@ class TrainerConfig:
     micro-batches.  ``max_grad_norm=None`` (or ``<= 0``) disables clipping.
     ``checkpoint_every=0`` writes only the final checkpoint; ``eval_every=0`` evaluates
     only before the first and after the last step.  ``progress=None`` shows a bar only when
-    stderr is a terminal.
+    stderr is a terminal.  ``trackers``: experiment trackers besides the JSONL/CSV log
+    (``"tensorboard"``, ``"wandb"``; see :mod:`~bridgetower.training.tracking`), closed when
+    :meth:`Trainer.train` completes.
     """
 
     output_dir: str | Path
@@ -94,6 +96,7 @@ class TrainerConfig:
     tensorboard: bool = True
     plot: bool = True
     extra: dict = field(default_factory=dict)
+    trackers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def _int(name: str, minimum: int) -> None:
@@ -113,6 +116,9 @@ class TrainerConfig:
             )
         if self.max_grad_norm is not None and not isinstance(self.max_grad_norm, (int, float)):
             raise TypeError(f"TrainerConfig.max_grad_norm must be a number or None, got {self.max_grad_norm!r}")
+        from .tracking import parse_trackers
+
+        self.trackers = parse_trackers(self.trackers)  # "tensorboard,wandb" / list / None -> tuple
 
     def to_json_dict(self) -> dict:
         d = asdict(self)
@@ -200,7 +206,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.step = 0
         self.history: list[dict] = []
-        self.metrics = MetricsLogger(self.output_dir, tensorboard=config.tensorboard)
+        from .tracking import create_trackers
+
+        trackers = create_trackers(
+            config.trackers, self.output_dir, run_name=self.output_dir.name, config=config.to_json_dict()
+        )
+        self.metrics = MetricsLogger(
+            self.output_dir, tensorboard=config.tensorboard and "tensorboard" not in config.trackers, trackers=trackers
+        )
         self._set_gradient_checkpointing(config.gradient_checkpointing)
 
     # ----------------------------------------------------------------------------- setup
@@ -387,6 +400,7 @@ class Trainer:
                 self.evaluate()
             self.save_checkpoint()
             self.save_final_model()
+            self.metrics.close()  # a finished run: close the trackers (the JSONL log stays usable)
         finally:
             bar.close()
             self.metrics.flush()
