@@ -387,7 +387,7 @@ class _ChunkedAttentionFn(torch.autograd.Function):
         dropout_p, scale, seed, chunk = ctx.dropout_p, ctx.scale, ctx.seed, ctx.chunk
         B, H, Lq, _ = q.shape
         Lk = k.shape[2]
-        grad_out = grad_out.to(q.dtype)
+        grad_out = grad_out.to(q.dtype).contiguous()  # sliced per chunk below
         need_q, need_k, need_v, _, need_bias = ctx.needs_input_grad[:5]
         dq = torch.empty_like(q) if need_q else None
         dk = torch.zeros_like(k)
@@ -454,7 +454,10 @@ class ChunkedBackend(AttentionBackend):
             # recomputes the same mask.
             seed = (int(torch.randint(0, 1 << 62, ()).item()) if dropout_seed is None
                     else int(dropout_seed))
-        out = _ChunkedAttentionFn.apply(q.to(cdt), k.to(cdt), v.to(cdt), pad_add, bias4,
+        # Contiguous once here: the per-head views of the projections are strided, and every
+        # per-chunk matmul on a strided (B, H, c, Dh) slice would copy it again.
+        qc, kc, vc = (t.to(cdt).contiguous() for t in (q, k, v))
+        out = _ChunkedAttentionFn.apply(qc, kc, vc, pad_add, bias4,
                                         float(dropout_p), float(scale), seed, chunk)
         return out.to(q.dtype)
 

@@ -138,6 +138,60 @@ def _check_mask(name: str, mask, seq: torch.Tensor) -> None:
         raise TypeError(f"{name} must be bool or integer (True/1 = real token), got {mask.dtype}")
 
 
+def _act(h: torch.Tensor, kind: str) -> torch.Tensor:
+    """act(h) for :class:`_ActLinearFn` (no autograd: in-place on a temporary)."""
+    if kind == "gelu":
+        return F.gelu(h)
+    return (h * 1.702).sigmoid_().mul_(h)  # "quick": x * sigmoid(1.702 x)
+
+
+def _act_backward(grad: torch.Tensor, h: torch.Tensor, kind: str) -> torch.Tensor:
+    """dL/dh from dL/d act(h)."""
+    if kind == "gelu":
+        return torch.ops.aten.gelu_backward(grad, h)
+    a = h * 1.702
+    s = torch.sigmoid(a)
+    a.mul_(grad)  # d/dh h s(1.702h) = s + 1.702 h s (1 - s)
+    return torch.ops.aten.sigmoid_backward(a, s).addcmul_(grad, s)
+
+
+class _ActLinearFn(torch.autograd.Function):
+    """``linear(act(h), weight, bias)`` saving only ``h``: ``act(h)`` (as wide as ``h``, the
+    4x-wide hidden layer of an FFN) is recomputed in the backward instead of being kept."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, kind):
+        ctx.save_for_backward(h, weight)
+        ctx.kind, ctx.has_bias = kind, bias is not None
+        return F.linear(_act(h, kind), weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        gh = gw = gb = None
+        if need_w:
+            gw = g2.t().mm(_act(h, ctx.kind).reshape(-1, h.shape[-1]))  # (out, in)
+        if need_b and ctx.has_bias:
+            gb = g2.sum(0)
+        if need_h:
+            gh = _act_backward(grad.matmul(weight), h, ctx.kind)
+        return gh, gw, gb, None
+
+
+def act_linear(h: torch.Tensor, linear: nn.Linear, kind: str) -> torch.Tensor:
+    """``linear(act(h))`` with ``act`` exact GELU (``"gelu"``) or CLIP's QuickGELU
+    (``"quick"``); in training (grad enabled, no autocast) through :class:`_ActLinearFn`,
+    which keeps one FFN-wide tensor for the backward instead of two."""
+    if (torch.is_grad_enabled() and (h.requires_grad or linear.weight.requires_grad)
+            and h.dtype == linear.weight.dtype and not torch.is_autocast_enabled(h.device.type)
+            and not torch.compiler.is_compiling()):
+        return _ActLinearFn.apply(h, linear.weight, linear.bias, kind)
+    return linear(F.gelu(h) if kind == "gelu" else h * torch.sigmoid(1.702 * h))
+
+
 class CoAttentionMLP(nn.Module):
     """``fc2(GELU(fc1(x)))``: the feed-forward block of a cross-modal layer."""
 
@@ -153,7 +207,7 @@ class CoAttentionMLP(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as BERT's "gelu"
+        return act_linear(self.fc1(x), self.fc2, "gelu")  # exact (erf) GELU, as BERT's "gelu"
 
 
 class CoAttentionLayer(nn.Module):

@@ -17,12 +17,14 @@ Images of another size than ``config.image_size`` get bicubically resized positi
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers.co_attention import act_linear
 from .config import VisionConfig
 
 __all__ = ["OpenCLIPVisionEncoder", "QuickGELU", "resize_pos_embed"]
@@ -34,13 +36,16 @@ class _QuickGELUFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return x * torch.sigmoid(1.702 * x)
+        return (x * 1.702).sigmoid_().mul_(x)  # one temporary, three passes
 
     @staticmethod
     def backward(ctx, grad):
+        # d/dx x*s(1.702x) = s + 1.702 x s (1 - s): five passes, two temporaries
         (x,) = ctx.saved_tensors
-        s = torch.sigmoid(1.702 * x)
-        return grad * (s + 1.702 * x * s * (1.0 - s))
+        a = x * 1.702
+        s = torch.sigmoid(a)
+        a.mul_(grad)  # 1.702 x g
+        return torch.ops.aten.sigmoid_backward(a, s).addcmul_(grad, s)  # a s (1-s) + g s
 
 
 class QuickGELU(nn.Module):
@@ -54,6 +59,20 @@ class QuickGELU(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
             return _QuickGELUFn.apply(x)
         return x * torch.sigmoid(1.702 * x)
+
+
+class _CLIPMLP(nn.Sequential):
+    """open_clip's ``c_fc -> gelu -> c_proj`` block (same children, same names).
+
+    With QuickGELU, training runs ``c_proj(gelu(.))`` as one autograd node that keeps only
+    ``c_fc``'s output for the backward (the activation is recomputed), one 4x-wide
+    tensor per block instead of two.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.gelu, QuickGELU):
+            return act_linear(self.c_fc(x), self.c_proj, "quick")
+        return super().forward(x)
 
 
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -118,6 +137,8 @@ class OpenCLIPVisionEncoder(nn.Module):
         )
         # BridgeTower reads the token states: no projection / pooling head.
         self.visual.proj = None
+        for block in self.visual.transformer.resblocks:
+            block.mlp = _CLIPMLP(OrderedDict(block.mlp.named_children()))
         if config.ln_separate:
             self.ln_separate = nn.ModuleList(
                 [norm(config.width) for _ in range(config.layers)]
