@@ -28,6 +28,14 @@ from .collate import (
     sample_hard_negatives,
     sample_itm_negatives,
 )
+from .datasets import (
+    ImageTextDataset,
+    SceneITMEvalDataset,
+    SyntheticSceneDataset,
+    WebDatasetPairs,
+    load_image,
+    read_index,
+)
 from .downstream import (
     VQA_ANSWERS,
     InStreamFalseTexts,
@@ -39,14 +47,6 @@ from .downstream import (
     build_downstream_tokenizer,
     downstream_vocabulary,
     scene_retrieval_set,
-)
-from .datasets import (
-    ImageTextDataset,
-    SceneITMEvalDataset,
-    SyntheticSceneDataset,
-    WebDatasetPairs,
-    load_image,
-    read_index,
 )
 from .scenes import (
     COLOURS,

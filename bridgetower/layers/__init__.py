@@ -1,10 +1,9 @@
 """See docs/architecture.md."""
 
-from .bridge import BRIDGES, Bridge, bridge_names, create_bridge, hf_link_tower_key_map  # noqa: E402
-from .norm import AddLayerNorm  # noqa: E402
 # (the functional ``attention`` stays in its module: exporting it here would shadow the
 # ``bridgetower.layers.attention`` submodule)
 from .attention import ATTENTION_BACKENDS, MultiHeadAttention, attention_math  # noqa: E402
+from .bridge import BRIDGES, Bridge, bridge_names, create_bridge, hf_link_tower_key_map  # noqa: E402
 from .co_attention import (  # noqa: E402
     CoAttentionFusion,
     CoAttentionLayer,
@@ -30,3 +29,37 @@ from .heads import (  # noqa: E402
     snli_loss,
     vqa_loss,
 )
+from .norm import AddLayerNorm  # noqa: E402
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "AddLayerNorm",
+    "BRIDGES",
+    "Bridge",
+    "CoAttentionFusion",
+    "CoAttentionLayer",
+    "ContrastiveHeads",
+    "IRTRHead",
+    "ITCHead",
+    "ITMHead",
+    "MLMHead",
+    "MultiHeadAttention",
+    "NLVR2Head",
+    "Pooler",
+    "SNLIVEHead",
+    "VQAHead",
+    "attention_math",
+    "bridge_names",
+    "contrastive_loss",
+    "convert_hf_cross_layer_state_dict",
+    "create_bridge",
+    "hf_cross_layer_key_map",
+    "hf_link_tower_key_map",
+    "irtr_loss",
+    "itc_loss",
+    "itm_loss",
+    "mlm_loss",
+    "nlvr2_loss",
+    "snli_loss",
+    "vqa_loss",
+]

@@ -281,3 +281,21 @@ def test_cross_layer_matches_hf_on_the_triton_norm_under_interpreter():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0],
                                torch.autograd.grad(ref.sum(), x)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "quick"])
+def test_act_linear_gradcheck_and_fallback(kind):
+    # the fused activation+Linear autograd node (keeps only its input, recomputes the
+    # activation in the backward) against autograd of the plain formula, in float64
+    from bridgetower.layers.co_attention import _ActLinearFn, act_linear
+
+    h = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    lin = torch.nn.Linear(6, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: _ActLinearFn.apply(h, w, b, kind), (h, lin.weight, lin.bias)
+    )
+    act = torch.nn.functional.gelu(h) if kind == "gelu" else h * torch.sigmoid(1.702 * h)
+    expected = torch.nn.functional.linear(act, lin.weight, lin.bias)
+    torch.testing.assert_close(act_linear(h, lin, kind), expected)
+    with torch.no_grad():  # the plain path
+        torch.testing.assert_close(act_linear(h, lin, kind), expected)

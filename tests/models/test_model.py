@@ -8,6 +8,7 @@ import torch
 from bridgetower.models import (
     BridgeTowerForImageAndTextRetrieval,
     BridgeTowerModel,
+    create_model,
     get_config,
     patch_mask_from_pixel_mask,
 )
@@ -231,3 +232,18 @@ def test_pooled_only_is_exact_for_the_pooler_and_its_gradients(checkpointing):
     assert g_full.keys() == g_cls.keys()
     for name in g_full:
         torch.testing.assert_close(g_cls[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pretraining_model_runs_under_bf16_autocast():
+    # bf16 Linear outputs meet float32 residual streams in the fused add+LayerNorm
+    model = create_model("bridgetower-tiny", task="pretraining")
+    ids = torch.randint(5, 20, (2, 8))
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, torch.ones_like(ids), pixels)
+    reference = model(ids, torch.ones_like(ids), pixels)
+    assert torch.isfinite(out.itm_logits).all()
+    torch.testing.assert_close(out.itm_logits.float(), reference.itm_logits, atol=0.1, rtol=0.1)
+    out.itm_logits.float().sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
