@@ -19,6 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .commands.argtypes import non_negative_float as _non_negative_float
+from .commands.argtypes import non_negative_int as _non_negative_int
+from .commands.argtypes import positive_int as _positive_int
+from .commands.argtypes import probability as _probability
+
 logger = logging.getLogger("bridgetower.cli")
 
 DEMO_OUTPUT_DIR = os.path.join("runs", "demo")
@@ -113,43 +118,6 @@ def _warmup(text: str) -> float | int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"warm-up must be >= 0, got {text!r}")
     return v if v < 1 else int(v)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
-
-
-def _probability(text: str) -> float:
-    v = _non_negative_float(text)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
-    return v
 
 
 _TYPES = {

@@ -18,6 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .argtypes import non_negative_float as _non_negative_float
+from .argtypes import non_negative_int as _non_negative_int
+from .argtypes import positive_float as _positive_float
+from .argtypes import positive_int as _positive_int
+
 __all__ = ["add_parsers", "run_evaluate_retrieval", "run_finetune"]
 
 logger = logging.getLogger("bridgetower.cli")
@@ -28,49 +33,6 @@ DEFAULT_CHECKPOINT = os.path.join("runs", "demo")
 
 class _UsageError(Exception):
     """A user error: printed as ``bridgetower COMMAND: error: ...``, exit status 2."""
-
-
-# ------------------------------------------------------------------------------ arg types
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
 
 
 def _beta(text: str) -> float:
