@@ -105,12 +105,17 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
 # synthetic scenes
 
 
-class SyntheticSceneDataset(Dataset):
-    """``size`` synthetic scenes of the stream ``seed`` (see :mod:`bridgetower.data.scenes`).
+def check_size_seed(size: int, seed: int) -> None:
+    """``ValueError`` unless ``size`` is a positive int and ``seed`` a non-negative int."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
-    Item ``i`` is always the same scene: ``{"pixel_values" | "image", "caption",
-    "input_ids", "scene", "image_id": i}``. Use different seeds for training and held-out data.
-    """
+
+class SeededSceneSet(Dataset):
+    """Shared plumbing of the synthetic-scene data sets: ``size`` items of the scene stream
+    ``seed``, a scene config, and the transform + tokenizer encoder."""
 
     def __init__(
         self,
@@ -122,10 +127,7 @@ class SyntheticSceneDataset(Dataset):
         tokenizer: Any = None,
         max_length: int = 50,
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(f"size must be a positive int, got {size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        check_size_seed(size, seed)
         self.size = size
         self.seed = seed
         self.config = config or SceneConfig()
@@ -137,8 +139,16 @@ class SyntheticSceneDataset(Dataset):
 
     def _index(self, index: int) -> int:
         if not -self.size <= index < self.size:
-            raise IndexError(f"index {index} out of range for a dataset of {self.size} scenes")
+            raise IndexError(f"index {index} out of range for a dataset of {self.size} items")
         return index % self.size
+
+
+class SyntheticSceneDataset(SeededSceneSet):
+    """``size`` synthetic scenes of the stream ``seed`` (see :mod:`bridgetower.data.scenes`).
+
+    Item ``i`` is always the same scene: ``{"pixel_values" | "image", "caption",
+    "input_ids", "scene", "image_id": i}``. Use different seeds for training and held-out data.
+    """
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)

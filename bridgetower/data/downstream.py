@@ -54,9 +54,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .datasets import _PairEncoder
+from .datasets import SeededSceneSet, check_size_seed
 from .scenes import COLOURS, SHAPES, Scene, SceneConfig, alter_scene, make_scene, scene_vocabulary
 from .stats import Skipped, SkipStats
 
@@ -140,40 +139,8 @@ def _rng(seed: int, index: int, salt: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), salt])
 
 
-def _check_size_seed(size: int, seed: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-
-
-class _SceneTaskDataset(Dataset):
+class _SceneTaskDataset(SeededSceneSet):
     """Shared plumbing: size, seed, scene config, transform + tokenizer."""
-
-    def __init__(
-        self,
-        size: int,
-        *,
-        seed: int = 0,
-        config: SceneConfig | None = None,
-        transform: Callable[[Image.Image], Tensor] | None = None,
-        tokenizer: Any = None,
-        max_length: int = 50,
-    ) -> None:
-        _check_size_seed(size, seed)
-        self.size = size
-        self.seed = seed
-        self.config = config or SceneConfig()
-        self.encoder = _PairEncoder(transform, tokenizer, max_length)
-        self.stats = SkipStats()  # synthetic data is never skipped; kept for a uniform API
-
-    def __len__(self) -> int:
-        return self.size
-
-    def _index(self, index: int) -> int:
-        if not -self.size <= index < self.size:
-            raise IndexError(f"index {index} out of range for a dataset of {self.size} items")
-        return index % self.size
 
     def _scene(self, index: int, stream: int = 0) -> tuple[Image.Image, Scene]:
         # stream 0: the scene of the item; stream 1: a second scene (NLVR2's right image)
@@ -478,7 +445,7 @@ def scene_retrieval_set(
     "captions": [str], "indices": [scene index]}``.  Scenes whose caption already occurred are
     passed over (two scenes with one caption would make recall ill-defined).
     """
-    _check_size_seed(size, seed)
+    check_size_seed(size, seed)
     config = config or SceneConfig()
     seen: set[str] = set()
     images, captions, indices = [], [], []
