@@ -448,32 +448,43 @@ class BridgeTowerForPretraining(_TaskModel):
 # ---------------------------------------------------------------- downstream tasks
 
 
-class BridgeTowerForVisualQuestionAnswering(_TaskModel):
+class _PooledClassifierTask(_TaskModel):
+    """A classifier on the pooled output: subclasses name the head attribute (its checkpoint
+    prefix), build the head, and give the loss."""
+
+    head_name: str
+
+    @staticmethod
+    def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None):
+        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True)
+        logits = getattr(self, self.head_name)(out.pooler_output)
+        loss = self.task_loss(logits, labels) if labels is not None else None
+        return TaskOutput(logits=logits, loss=loss, pooler_output=out.pooler_output, encoder_output=out)
+
+
+class BridgeTowerForVisualQuestionAnswering(_PooledClassifierTask):
     """VQA: ``vqa_classifier`` on the pooled output; ``labels`` are (B, num_answers) soft scores."""
+
+    head_name = "vqa_classifier"
+    task_loss = staticmethod(vqa_loss)
 
     def __init__(self, config: BridgeTowerConfig, *, device=None, dtype=None) -> None:
         super().__init__(config, device=device, dtype=dtype)
         self.vqa_classifier = VQAHead(self.hidden_size, config.vqa_num_labels, device=device, dtype=dtype)
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True)
-        logits = self.vqa_classifier(out.pooler_output)
-        loss = vqa_loss(logits, labels) if labels is not None else None
-        return TaskOutput(logits=logits, loss=loss, pooler_output=out.pooler_output, encoder_output=out)
 
-
-class BridgeTowerForSNLIVE(_TaskModel):
+class BridgeTowerForSNLIVE(_PooledClassifierTask):
     """SNLI-VE: ``snli_classifier`` (3-way) on the pooled output; ``labels`` (B,)."""
+
+    head_name = "snli_classifier"
+    task_loss = staticmethod(snli_loss)
 
     def __init__(self, config: BridgeTowerConfig, *, device=None, dtype=None) -> None:
         super().__init__(config, device=device, dtype=dtype)
         self.snli_classifier = SNLIVEHead(self.hidden_size, config.snli_num_labels, device=device, dtype=dtype)
-
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True)
-        logits = self.snli_classifier(out.pooler_output)
-        loss = snli_loss(logits, labels) if labels is not None else None
-        return TaskOutput(logits=logits, loss=loss, pooler_output=out.pooler_output, encoder_output=out)
 
 
 class BridgeTowerForNLVR2(_TaskModel):
