@@ -444,3 +444,24 @@ def test_xformers_backend_plumbing_with_a_stand_in_operator(monkeypatch):
     out = attn_mod.XFormersBackend().run(q, k, v, None, row_bias, 0.0, D ** -0.5, None, None)
     torch.testing.assert_close(out, attention_math(q, k, v, attn_bias=row_bias),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 3 / 65536])
+def test_chunked_dropout_rate_is_p_rounded_to_16_bits_in_every_lane(p):
+    """Three 16-bit decisions come from each 64-bit draw: each lane position drops at the
+    rate p (rounded to a multiple of 2**-16), and neighbouring decisions are independent."""
+    shape = (4, 8, 96, 128)  # 393216 decisions, 131072 per lane position
+    drop = ~chunked_dropout_keep_mask(11, shape, p, 96, "cpu")
+    rate = round(p * 65536) / 65536
+    lanes = drop.reshape(-1, 3).double()
+    std = (rate * (1 - rate) / lanes.shape[0]) ** 0.5
+    for lane in range(3):
+        assert abs(lanes[:, lane].mean().item() - rate) < 5 * std + 1e-9
+    if 0.05 < p < 0.95:  # both dropped: rate**2 if independent
+        both = (lanes[:, 0] * lanes[:, 1]).mean().item()
+        assert abs(both - rate * rate) < 5 * (rate * rate / lanes.shape[0]) ** 0.5
+
+
+def test_chunked_dropout_tiny_p_rounds_to_no_dropout():
+    keep = chunked_dropout_keep_mask(3, (2, 2, 8, 16), 1e-6, 8, "cpu")  # < 2**-17
+    assert keep.all()
