@@ -219,6 +219,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="fp32; bf16 autocast (CPU or GPU); fp16 autocast with loss scaling (GPU only) (default: fp32)")
     r.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass (less memory)")
+    r.add_argument("--release-freed-memory", action="store_true",
+                   help="CPU/glibc: return freed tensor memory to the system at once (lower peak RSS, "
+                        "~20%% more CPU time; see bridgetower.training.cpu_memory)")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument("--keep-checkpoints", type=_non_negative_int, default=2, help="newest checkpoints kept (0 = all; default: 2)")
     r.add_argument("--eval-size", type=_positive_int, default=256, help="held-out scenes per demo measurement (even; default: 256)")
@@ -431,6 +434,10 @@ def _pretrain_run(args: argparse.Namespace, knobs: dict, t_start: float, ctx: An
 
     main_rank = ctx is None or ctx.is_main
     _setup_logging(args.quiet or not main_rank)
+    if args.release_freed_memory:
+        from .training.cpu_memory import release_freed_cpu_memory
+
+        release_freed_cpu_memory()
     demo = args.data is None
     out_dir = Path(args.output_dir or (DEMO_OUTPUT_DIR if demo else PRETRAIN_OUTPUT_DIR))
     if ctx is not None:

@@ -151,7 +151,8 @@ def test_help_documents_every_flag(capsys):
     for flag in ("--lr", "--betas", "--eps", "--weight-decay", "--warmup", "--steps", "--batch-size",
                  "--grad-accum", "--clip", "--cross-modal-lr-mult", "--head-lr-mult", "--mlm-prob",
                  "--max-text-len", "--mlm-weight", "--itm-weight", "--itc-weight", "--precision",
-                 "--checkpoint-every", "--resume", "--seed", "--gradient-checkpointing", "--data", "--model"):
+                 "--checkpoint-every", "--resume", "--seed", "--gradient-checkpointing", "--data", "--model",
+                 "--release-freed-memory"):
         assert flag in text, flag
     assert "official: 1e-05; demo: 0.001" in " ".join(text.split())
 
@@ -162,3 +163,15 @@ def test_cuda_device_without_cuda(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(["pretrain", "--device", "cuda", *_TINY])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_release_freed_memory_flag_configures_the_allocator(tmp_path, monkeypatch):
+    import bridgetower.training.cpu_memory as cpu_memory
+
+    calls = []
+    monkeypatch.setattr(cpu_memory, "release_freed_cpu_memory", lambda **kw: calls.append(kw) or True)
+    args = ["pretrain", "--steps", "1", "--batch-size", "4", "--eval-size", "4", "--num-scenes", "16",
+            "--progress", "off", "--quiet", "--output-dir", str(tmp_path)]
+    assert main(args) == 0 and calls == []
+    assert main([*args, "--output-dir", str(tmp_path / "b"), "--release-freed-memory"]) == 0
+    assert calls == [{}]
