@@ -230,8 +230,8 @@ def _chunk_drop(
     Each element compares 16 random bits with ``dropout_p * 2**16``, so the drop probability
     is ``dropout_p`` rounded to a multiple of 2**-16 (off by less than 8e-6).  The bits come
     from 64-bit draws, three 16-bit lanes per draw (the fourth lane of ``random_`` has only
-    15 random bits): about 3x fewer generator calls than one float draw per element, which
-    makes the mask (drawn in the forward and again in the backward) several times cheaper.
+    15 random bits): 3x fewer generator calls than one float draw per element, which makes
+    the mask (drawn in the forward and again in the backward) about a quarter cheaper.
     """
     gen = torch.Generator(device=device)
     gen.manual_seed((seed + 1_000_003 * chunk_index) % (1 << 63))
