@@ -13,7 +13,8 @@ Usage::
     python benchmarks/downstream_synthetic.py --pretrained runs/demo
     python benchmarks/downstream_synthetic.py --tasks vqa nlvr2 --steps 100   # quicker
 
-This is a script, not a pytest-benchmark suite: each run takes about a minute on a 2-core CPU.
+This is a script, not a pytest-benchmark suite: each run takes about a minute on a 2-core CPU
+(the NLVR2-style runs, 600 steps, about four).
 """
 
 from __future__ import annotations

@@ -13,10 +13,14 @@ set                              item
                                  count ("how many squares are there"), position ("where is
                                  the red circle") -- and its answer as soft-score ``targets``
                                  over :data:`VQA_ANSWERS` (16 answers; the true one scores 1)
-:class:`SceneNLVR2Dataset`       two scenes and a statement about the pair ("both images
-                                 contain a red object", "there are three objects in total",
-                                 "the left image contains a blue square" ...), ``label`` 1
-                                 if true; exactly balanced (even items true)
+:class:`SceneNLVR2Dataset`       two scenes and a statement about what the pair holds
+                                 (:data:`NLVR2_TEMPLATES`: "the left image contains a red
+                                 object", "... a circle", "... a blue square", "the right
+                                 image has a green object at the top", "both images / exactly
+                                 one image contain(s) a red object / a circle"), ``label`` 1 if
+                                 true; exactly balanced (even items true).  The statement is
+                                 drawn first, then scene pairs until one gives it the wanted
+                                 truth value, so the text alone is at chance
 :class:`SceneSNLIVEDataset`      one scene and a hypothesis: ``label`` 2 entailment (a true
                                  caption or object phrase), 0 contradiction (one attribute
                                  changed, :func:`~bridgetower.data.scenes.alter_scene`), 1
@@ -56,12 +60,23 @@ from PIL import Image
 from torch import Tensor
 
 from .datasets import SeededSceneSet, check_size_seed
-from .scenes import COLOURS, SHAPES, Scene, SceneConfig, alter_scene, make_scene, scene_vocabulary
+from .scenes import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    SceneConfig,
+    alter_scene,
+    make_scene,
+    render_scene,
+    sample_scene,
+    scene_vocabulary,
+)
 from .stats import Skipped, SkipStats
 
 __all__ = [
     "VQA_ANSWERS",
     "VQA_QUESTION_TYPES",
+    "NLVR2_TEMPLATES",
     "NEUTRAL_PROPERTIES",
     "IRTRCollator",
     "InStreamFalseTexts",
@@ -89,7 +104,7 @@ _EXTRA_WORDS = (
     # VQA
     "what", "colour", "shape", "is", "object", "how", "many", "objects", "are", "there", "where",
     "circles", "squares", "triangles",
-    # NLVR2
+    # NLVR2 (the count words "three" ... "than" are from earlier templates; kept so ids stay stable)
     "both", "images", "image", "contain", "contains", "exactly", "one", "two", "three", "four",
     "in", "total", "has", "more", "than",
     # SNLI-VE
@@ -228,34 +243,57 @@ def _has(scene: Scene, colour: str | None = None, shape: str | None = None) -> b
     return any((colour is None or o.colour == colour) and (shape is None or o.shape == shape) for o in scene.objects)
 
 
-def nlvr2_statement(left: Scene, right: Scene, rng: np.random.Generator) -> tuple[str, bool]:
-    """A statement about the pair (``left`` image, ``right`` image) and whether it is true."""
-    config = left.config
-    pool = [o for o in left.objects + right.objects]
-    o = pool[int(rng.integers(len(pool)))]
-    # attributes drawn half from the pictured objects, half at random: both truth values occur
-    colour = o.colour if rng.random() < 0.5 else config.colours[int(rng.integers(len(config.colours)))]
-    shape = o.shape if rng.random() < 0.5 else config.shapes[int(rng.integers(len(config.shapes)))]
-    template = int(rng.integers(6))
+#: The NLVR2-style statement templates, drawn uniformly (see :func:`nlvr2_statement`):
+#: ``{side}`` is ``left``/``right`` (which image), ``{where}`` a position phrase inside that
+#: image ("on the left", "at the top" ...), ``|`` separates two equally likely variants.
+NLVR2_TEMPLATES: tuple[str, ...] = (
+    "the {side} image contains a {colour} object",
+    "the {side} image contains a {shape}",
+    "the {side} image contains a {colour} {shape}",
+    "the {side} image has a {colour} object {where}",
+    "both images contain a {colour} object | both images contain a {shape}",
+    "exactly one image contains a {colour} object | exactly one image contains a {shape}",
+)
+_NLVR2_MAX_PAIRS = 4096
+
+
+def nlvr2_statement(
+    rng: np.random.Generator, config: SceneConfig | None = None
+) -> tuple[str, Callable[[Scene, Scene], bool]]:
+    """Draw a statement about a pair of scenes and its truth function ``truth(left, right)``.
+
+    The statement depends on ``rng`` only -- never on the scenes or on the wanted label
+    (:class:`SceneNLVR2Dataset` then draws scene pairs until the statement has the wanted
+    truth value), so the text alone tells nothing about the label.  One of
+    :data:`NLVR2_TEMPLATES`, uniformly, with uniform colours, shapes, sides and positions.
+    """
+    config = config or SceneConfig()
+    colour = config.colours[int(rng.integers(len(config.colours)))]
+    shape = config.shapes[int(rng.integers(len(config.shapes)))]
+    side = ("left", "right")[int(rng.integers(2))]
+    where = ("left", "right", "top", "bottom")[int(rng.integers(4))]
+    by_colour = bool(rng.random() < 0.5)
+    template = int(rng.integers(len(NLVR2_TEMPLATES)))
+
+    def pick(left: Scene, right: Scene) -> Scene:
+        return left if side == "left" else right
+
     if template == 0:
-        return f"both images contain a {colour} object", _has(left, colour) and _has(right, colour)
+        return f"the {side} image contains a {colour} object", lambda a, b: _has(pick(a, b), colour)
     if template == 1:
-        return f"both images contain a {shape}", _has(left, shape=shape) and _has(right, shape=shape)
+        return f"the {side} image contains a {shape}", lambda a, b: _has(pick(a, b), shape=shape)
     if template == 2:
-        return (
-            f"exactly one image contains a {colour} {shape}",
-            _has(left, colour, shape) != _has(right, colour, shape),
-        )
+        return f"the {side} image contains a {colour} {shape}", lambda a, b: _has(pick(a, b), colour, shape)
     if template == 3:
-        total = len(left.objects) + len(right.objects)
-        n = total if rng.random() < 0.5 else int(rng.integers(2, 5))
-        return f"there are {_COUNT_WORDS[n]} objects in total", n == total
+        return (
+            f"the {side} image has a {colour} object {_WHERE[where]}",
+            lambda a, b: any(o.colour == colour and o.position == where for o in pick(a, b).objects),
+        )
+    kw = {"colour": colour} if by_colour else {"shape": shape}
+    what = f"a {colour} object" if by_colour else f"a {shape}"
     if template == 4:
-        side, scene = ("left", left) if rng.random() < 0.5 else ("right", right)
-        return f"the {side} image contains a {colour} {shape}", _has(scene, colour, shape)
-    a, b = ("left", "right") if rng.random() < 0.5 else ("right", "left")
-    na, nb = (len(left.objects), len(right.objects)) if a == "left" else (len(right.objects), len(left.objects))
-    return f"the {a} image has more objects than the {b} image", na > nb
+        return f"both images contain {what}", lambda a, b: _has(a, **kw) and _has(b, **kw)
+    return f"exactly one image contains {what}", lambda a, b: _has(a, **kw) != _has(b, **kw)
 
 
 class SceneNLVR2Dataset(_SceneTaskDataset):
@@ -263,22 +301,32 @@ class SceneNLVR2Dataset(_SceneTaskDataset):
 
     Item: ``{"pixel_values" | "image": left scene, "pixel_values_2" | "image_2": right
     scene, "caption": statement, "input_ids", "label": 1 true / 0 false, "image_id",
-    "scenes": (left, right)}``.  Even items are true, odd items false: for each item
-    statements are drawn until one has the wanted truth value.
+    "scenes": (left, right)}``.  Even items are true, odd items false.
+
+    As in NLVR2, where every sentence is paired with image pairs that make it true and with
+    pairs that make it false, the statement of item ``i`` is drawn first
+    (:func:`nlvr2_statement`, independent of the label) and scene pairs are then drawn
+    (deterministically from ``(seed, i)``) until one gives the statement the wanted truth
+    value: a statement is exactly as likely in a true item as in a false one, so the text
+    alone is at chance and the images must be read.
     """
+
+    def _pair(self, index: int) -> tuple[str, Scene, Scene, bool]:
+        want = index % 2 == 0
+        statement, truth = nlvr2_statement(_rng(self.seed, index, 0x2F2), self.config)
+        for k in range(_NLVR2_MAX_PAIRS):
+            left = sample_scene(np.random.default_rng([self.seed, index, 0x2F3, k, 0]), self.config)
+            right = sample_scene(np.random.default_rng([self.seed, index, 0x2F3, k, 1]), self.config)
+            if truth(left, right) == want:
+                return statement, left, right, want
+        raise RuntimeError(  # pragma: no cover - every template is true of some pairs, false of others
+            f"no scene pair makes {statement!r} {'true' if want else 'false'} (item {index})"
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)
-        left_img, left = self._scene(index, 0)
-        right_img, right = self._scene(index, 1)
-        want = index % 2 == 0
-        rng = _rng(self.seed, index, 0x2F2)
-        for _ in range(1000):
-            statement, truth = nlvr2_statement(left, right, rng)
-            if truth == want:
-                break
-        else:  # pragma: no cover - every pair admits both truth values within a few draws
-            raise RuntimeError(f"no {'true' if want else 'false'} statement found for item {index}")
+        statement, left, right, truth = self._pair(index)
+        left_img, right_img = render_scene(left), render_scene(right)
         sample = self.encoder.encode(left_img, statement, label=int(truth), image_id=index, scenes=(left, right))
         if self.encoder.transform is not None:
             sample["pixel_values_2"] = self.encoder.transform(right_img)
