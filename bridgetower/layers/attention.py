@@ -217,8 +217,10 @@ def chunked_dropout_keep_mask(
 
 
 def _dropout_threshold(dropout_p: float) -> int:
-    """The int16 threshold of :func:`_chunk_drop`: a lane below it is dropped."""
-    return round(dropout_p * _DROP_LEVELS) - _DROP_LEVELS // 2
+    """The int16 threshold of :func:`_chunk_drop`: a lane below it is dropped.  Capped at
+    the int16 maximum, so ``dropout_p`` within 2**-17 of 1 drops with probability
+    1 - 2**-16 (a larger Python int would wrap in the int16 comparison)."""
+    return min(round(dropout_p * _DROP_LEVELS), _DROP_LEVELS - 1) - _DROP_LEVELS // 2
 
 
 def _chunk_drop(

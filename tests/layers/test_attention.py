@@ -465,3 +465,9 @@ def test_chunked_dropout_rate_is_p_rounded_to_16_bits_in_every_lane(p):
 def test_chunked_dropout_tiny_p_rounds_to_no_dropout():
     keep = chunked_dropout_keep_mask(3, (2, 2, 8, 16), 1e-6, 8, "cpu")  # < 2**-17
     assert keep.all()
+
+
+def test_chunked_dropout_p_next_to_one_drops_almost_everything():
+    # round(p * 2**16) = 2**16 would not fit the int16 comparison: capped at 1 - 2**-16
+    keep = chunked_dropout_keep_mask(3, (4, 8, 64, 128), 1 - 1e-6, 64, "cpu")
+    assert keep.sum().item() < 40  # 262144 decisions, expected 4 kept
