@@ -157,9 +157,14 @@ def test_fully_masked_rows_with_dropout(backend):
 # ---------------------------------------------------------------- chunked dropout
 
 
+@pytest.mark.parametrize("keep_limit", [0, attn_mod.DROPOUT_MASK_KEEP_LIMIT],
+                         ids=["mask-redrawn", "mask-kept"])
 @pytest.mark.parametrize("chunk_size", [3, 16])
-def test_chunked_dropout_matches_math_with_the_same_regenerated_mask(chunk_size):
-    """Forward and every gradient equal an explicit float64 computation with that mask."""
+def test_chunked_dropout_matches_math_with_the_same_regenerated_mask(chunk_size, keep_limit,
+                                                                     monkeypatch):
+    """Forward and every gradient equal an explicit float64 computation with that mask,
+    whether the backward keeps the forward's mask or draws it again from the seed."""
+    monkeypatch.setattr(attn_mod, "DROPOUT_MASK_KEEP_LIMIT", keep_limit)
     B, H, Lq, Lk, D, p = 2, 3, 11, 7, 8, 0.3
     q, k, v = _qkv(B, H, Lq, Lk, D)
     mask = _pad(B, Lk, [7, 4])
@@ -448,18 +453,48 @@ def test_xformers_backend_plumbing_with_a_stand_in_operator(monkeypatch):
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 3 / 65536])
 def test_chunked_dropout_rate_is_p_rounded_to_16_bits_in_every_lane(p):
-    """Three 16-bit decisions come from each 64-bit draw: each lane position drops at the
-    rate p (rounded to a multiple of 2**-16), and neighbouring decisions are independent."""
-    shape = (4, 8, 96, 128)  # 393216 decisions, 131072 per lane position
+    """Four 16-bit decisions come from each 64-bit draw: each lane position (the top one
+    included) drops at the rate p (rounded to a multiple of 2**-16), and neighbouring
+    decisions are independent."""
+    shape = (4, 8, 96, 128)  # 393216 decisions, 98304 per lane position
     drop = ~chunked_dropout_keep_mask(11, shape, p, 96, "cpu")
     rate = round(p * 65536) / 65536
-    lanes = drop.reshape(-1, 3).double()
+    lanes = drop.reshape(-1, 4).double()
     std = (rate * (1 - rate) / lanes.shape[0]) ** 0.5
-    for lane in range(3):
+    for lane in range(4):
         assert abs(lanes[:, lane].mean().item() - rate) < 5 * std + 1e-9
     if 0.05 < p < 0.95:  # both dropped: rate**2 if independent
         both = (lanes[:, 0] * lanes[:, 1]).mean().item()
         assert abs(both - rate * rate) < 5 * (rate * rate / lanes.shape[0]) ** 0.5
+
+
+def test_chunked_dropout_kept_mask_is_freed_and_a_second_backward_redraws_it():
+    """The mask kept for the backward is released by it; a retained graph's second backward
+    draws the same mask again from the seed and gives the same gradients."""
+    q, k, v = _qkv(2, 2, 9, 6, 4)
+    out = attention(q, k, v, dropout_p=0.4, backend="chunked", dropout_seed=7, chunk_size=4)
+    node = out.grad_fn
+    while node is not None and "ChunkedAttention" not in type(node).__name__:
+        node = node.next_functions[0][0]
+    assert node is not None and len(node.kept_masks) == 3  # one per query chunk
+    assert all(m.dtype == torch.uint8 for m in node.kept_masks)
+    g = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v), g, retain_graph=True)
+    assert node.kept_masks is None
+    second = torch.autograd.grad(out, (q, k, v), g)
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_chunked_dropout_keeps_no_mask_without_a_backward_or_above_the_limit(monkeypatch):
+    q, k, v = _qkv(1, 2, 8, 5, 4)
+    with torch.no_grad():  # no backward can follow: nothing kept
+        out = attention(q, k, v, dropout_p=0.2, backend="chunked", dropout_seed=3)
+    q2, k2, v2 = (t.detach().requires_grad_() for t in (q, k, v))
+    monkeypatch.setattr(attn_mod, "DROPOUT_MASK_KEEP_LIMIT", 1 * 2 * 8 * 5 - 1)
+    big = attention(q2, k2, v2, dropout_p=0.2, backend="chunked", dropout_seed=3)
+    assert big.grad_fn.kept_masks is None  # one score over the limit: redrawn
+    torch.testing.assert_close(big.detach(), out, rtol=0, atol=0)
 
 
 def test_chunked_dropout_tiny_p_rounds_to_no_dropout():
