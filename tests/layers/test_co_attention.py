@@ -294,6 +294,8 @@ def test_act_linear_gradcheck_and_fallback(kind):
     assert torch.autograd.gradcheck(
         lambda h, w, b: _ActLinearFn.apply(h, w, b, kind), (h, lin.weight, lin.bias)
     )
+    w, b = lin.weight.detach(), lin.bias.detach()  # frozen layer: only dL/dh is computed
+    assert torch.autograd.gradcheck(lambda h: _ActLinearFn.apply(h, w, b, kind), (h,))
     act = torch.nn.functional.gelu(h) if kind == "gelu" else h * torch.sigmoid(1.702 * h)
     expected = torch.nn.functional.linear(act, lin.weight, lin.bias)
     torch.testing.assert_close(act_linear(h, lin, kind), expected)
