@@ -197,10 +197,10 @@ class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
         self.fusion.gradient_checkpointing = bool(enable)
 
     def set_attention_backend(self, backend: str | None) -> None:
-        """Attention backend of the fusion layers (``None`` automatic, ``"sdpa"``, ``"math"``,
-        ``"chunked"``, ``"xformers"``); ``"math"`` also puts the text tower on eager attention,
-        anything else on SDPA.  The open_clip vision tower keeps ``nn.MultiheadAttention``
-        (which itself runs scaled-dot-product attention)."""
+        """Attention backend of the whole model (``None`` automatic, ``"sdpa"``, ``"math"``,
+        ``"chunked"``, ``"xformers"``): the fusion layers and the vision tower's blocks use
+        it; the ``transformers`` text tower runs eager attention for ``"math"`` and SDPA
+        for anything else."""
         from ..layers.attention import MultiHeadAttention, select_attention_backend  # noqa: F401
 
         if backend is not None:
@@ -210,6 +210,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
         for m in self.fusion.modules():
             if isinstance(m, MultiHeadAttention):
                 m.backend = backend
+        self.vision_model.set_attention_backend(backend)
         self.text_model.set_attn_implementation("eager" if backend == "math" else "sdpa")
 
     @property

@@ -261,7 +261,7 @@ class BridgeTowerConfig(_ConfigMixin):
     ``itc_dim=0``: no ITC head);
     ``contrastive_dim``/``logit_scale_init`` the HF contrastive heads (512, 2.6592).
     ``attn_backend`` (``None`` = automatic) selects the attention backend of the fusion layers
-    (and ``"math"`` also switches the text encoder to eager attention);
+    and the vision tower (and ``"math"`` also switches the text encoder to eager attention);
     ``gradient_checkpointing`` recomputes every tower and cross layer in the backward pass.
     """
 

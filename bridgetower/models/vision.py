@@ -75,6 +75,42 @@ class _CLIPMLP(nn.Sequential):
         return super().forward(x)
 
 
+class _VisionSelfAttention(nn.MultiheadAttention):
+    """open_clip's block attention (an ``nn.MultiheadAttention``, same parameters and names)
+    run through :func:`~bridgetower.layers.attention.attention`.
+
+    Self-attention on batch-first input without a mask (what a ViT block does) takes the
+    packed path: one ``in_proj`` product, per-head views of it (no copies), the attention
+    backend of the model (``backend``; None = automatic), ``out_proj``.  This skips the
+    layout copies ``nn.MultiheadAttention`` makes for its sequence-first kernels, and lets
+    ``set_attention_backend`` reach the vision tower.  Any other call (cross-attention,
+    masks, attention weights) goes to ``nn.MultiheadAttention`` unchanged.
+    """
+
+    backend: str | None = None
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        if (query is key and key is value and self.batch_first and query.ndim == 3
+                and not need_weights and attn_mask is None and key_padding_mask is None
+                and not is_causal and self.in_proj_weight is not None):
+            return self._packed(query), None
+        return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                               need_weights=need_weights, attn_mask=attn_mask,
+                               average_attn_weights=average_attn_weights, is_causal=is_causal)
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        from ..layers.attention import attention
+
+        B, L, E = x.shape
+        H = self.num_heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3E)
+        q, k, v = qkv.view(B, L, 3, H, E // H).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, Dh)
+        out = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                        backend=self.backend)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, E))
+
+
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Bicubically resize a ``(1 + g*g, W)`` CLIP position table to ``(1 + gh*gw, W)``."""
     cls_pos, patch_pos = pos[:1], pos[1:]  # (1, W), (g*g, W)
@@ -139,6 +175,7 @@ class OpenCLIPVisionEncoder(nn.Module):
         self.visual.proj = None
         for block in self.visual.transformer.resblocks:
             block.mlp = _CLIPMLP(OrderedDict(block.mlp.named_children()))
+            block.attn = _VisionSelfAttention(config.width, config.num_heads, batch_first=True)
         if config.ln_separate:
             self.ln_separate = nn.ModuleList(
                 [norm(config.width) for _ in range(config.layers)]
@@ -182,6 +219,11 @@ class OpenCLIPVisionEncoder(nn.Module):
 
     def set_gradient_checkpointing(self, enable: bool = True) -> None:
         self.gradient_checkpointing = bool(enable)
+
+    def set_attention_backend(self, backend: str | None) -> None:
+        """Attention backend of every block (``None``: chosen per call)."""
+        for block in self.visual.transformer.resblocks:
+            block.attn.backend = backend
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch + class + position embeddings and ``ln_pre``: ``(B, 1 + gh*gw, width)``."""

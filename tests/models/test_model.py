@@ -105,6 +105,7 @@ def test_attention_backend_switch_whole_model():
     model.set_attention_backend("math")
     assert model.text_model.model.config._attn_implementation == "eager"
     assert all(m.self_attn.backend == "math" for m in model.fusion.text_layers)
+    assert all(b.attn.backend == "math" for b in model.vision_model.visual.transformer.resblocks)
     torch.testing.assert_close(model(ids, mask, px).pooler_output, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown attention backend"):
         model.set_attention_backend("flash9")
@@ -127,6 +128,40 @@ def test_torch_compile_matches_eager():
     with torch.no_grad():
         out = compiled(ids, mask, px).pooler_output
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_vision_attention_equals_nn_multiheadattention_with_the_same_weights(monkeypatch):
+    """The vision blocks' packed attention path against ``nn.MultiheadAttention``'s own
+    forward (same parameters), outputs and all gradients, float64; and it really runs
+    through the chosen backend of our dispatcher."""
+    from bridgetower.layers import attention as attn_mod
+    from bridgetower.models.vision import _VisionSelfAttention
+
+    torch.manual_seed(0)
+    attn = _VisionSelfAttention(32, 4, batch_first=True, dtype=torch.float64)
+    ref_attn = torch.nn.MultiheadAttention(32, 4, batch_first=True, dtype=torch.float64)
+    ref_attn.load_state_dict(attn.state_dict())
+    x = torch.randn(2, 7, 32, dtype=torch.float64, requires_grad=True)
+    calls = []
+    run = attn_mod.MathBackend.run
+    monkeypatch.setattr(attn_mod.MathBackend, "run",
+                        lambda self, *a: calls.append(1) or run(self, *a))
+    for backend in (None, "math", "chunked"):
+        attn.backend = backend
+        out, weights = attn(x, x, x, need_weights=False)
+        ref, _ = ref_attn(x, x, x, need_weights=False)
+        assert weights is None
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, [x, *attn.parameters()], g)
+        want = torch.autograd.grad(ref, [x, *ref_attn.parameters()], g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert len(calls) == 1  # the "math" round
+    # anything else (here: attention weights requested) is nn.MultiheadAttention's own path
+    out, weights = attn(x, x, x, need_weights=True)
+    assert weights.shape == (2, 7, 7)
+    torch.testing.assert_close(out, ref_attn(x, x, x)[0], rtol=1e-10, atol=1e-12)
 
 
 def test_vision_tower_is_open_clip_with_ln_post():
