@@ -280,7 +280,10 @@ def test_checkpoints_do_not_depend_on_ranks_or_strategy(runs):
         assert sorted(o["state"]) == sorted(want_o["state"])
         for i, st in want_o["state"].items():
             for key, v in st.items():
-                torch.testing.assert_close(o["state"][i][key], v, rtol=1e-4, atol=1e-9,
+                # fp32 summation-order noise scales with the tensor's values, not with each
+                # element: an element near zero may differ in relative terms.
+                atol = max(1e-9, 1e-5 * v.abs().max().item()) if v.numel() > 1 else 1e-9
+                torch.testing.assert_close(o["state"][i][key], v, rtol=1e-4, atol=atol,
                                            msg=lambda m, n=name, i=i, key=key: f"{n} {i} {key}: {m}")
 
 
