@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .dropout import random_keep_mask
 
 __all__ = [
     "ATTENTION_BACKENDS",
@@ -68,7 +69,6 @@ logger = logging.getLogger(__name__)
 # one chunk may hold (fewer rows for very large batches, never fewer than 16).
 _CHUNK_ROWS = 128
 _CHUNK_ELEMENTS = 1 << 24
-_DROP_LEVELS = 1 << 16  # dropout decisions compare 16 random bits
 #: The chunked path keeps its dropout mask for the backward (one byte per attention score)
 #: when the call has at most this many scores (B * H * Lq * Lk); above it the backward draws
 #: the mask again from the seed, so memory stays linear in the sequence length.  16M scores
@@ -221,34 +221,14 @@ def chunked_dropout_keep_mask(
     return torch.cat(parts, dim=2).view(torch.bool)
 
 
-def _dropout_threshold(dropout_p: float) -> int:
-    """The int16 threshold of :func:`_chunk_keep`: a lane below it is dropped.  Capped at
-    the int16 maximum, so ``dropout_p`` within 2**-17 of 1 drops with probability
-    1 - 2**-16 (a larger Python int would wrap in the int16 comparison)."""
-    return min(round(dropout_p * _DROP_LEVELS), _DROP_LEVELS - 1) - _DROP_LEVELS // 2
-
-
 def _chunk_keep(
     seed: int, chunk_index: int, shape: tuple[int, ...], dropout_p: float, device
 ) -> torch.Tensor:
-    """uint8 keep-mask of one chunk (1 = kept), from a generator seeded with ``seed`` and
-    ``chunk_index``.
-
-    Each element compares 16 random bits with ``dropout_p * 2**16``, so the drop probability
-    is ``dropout_p`` rounded to a multiple of 2**-16 (off by less than 8e-6).  The bits come
-    from 64-bit draws over the whole int64 range, four 16-bit lanes per draw, compared in
-    one contiguous pass.  The mask is uint8 rather than bool because multiplying by it
-    (``p.mul_(keep)``) is several times faster on the CPU than ``masked_fill_``.
-    """
+    """uint8 keep-mask of one chunk (1 = kept): :func:`~bridgetower.layers.dropout.
+    random_keep_mask` from a generator seeded with ``seed`` and ``chunk_index``."""
     gen = torch.Generator(device=device)
     gen.manual_seed((seed + 1_000_003 * chunk_index) % (1 << 63))
-    n = math.prod(shape)
-    # Not ``random_()``: for int64 it draws from [0, 2**63), so the top lane would have
-    # only 15 random bits.  The full range is uniform up to a bias of 2**-64.
-    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64,
-                          device=device, generator=gen)
-    keep = torch.ge(words.view(torch.int16)[:n], _dropout_threshold(dropout_p))
-    return keep.view(torch.uint8).view(shape)
+    return random_keep_mask(shape, dropout_p, device, gen)
 
 
 def default_chunk_size(batch: int, num_heads: int, len_q: int, len_k: int) -> int:

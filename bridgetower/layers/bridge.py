@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import bridge_norm
+from .dropout import Dropout
 
 __all__ = [
     "BRIDGES",
@@ -391,7 +392,7 @@ class CrossAttentionBridge(Bridge):
         self.num_heads = heads
         self.dropout = float(dropout)
         self.attn = MultiHeadAttention(dim, heads, dropout=dropout, backend=attn_backend, device=device, dtype=dtype)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)  # cheap CPU masks
         if self.ffn:
             hidden = int(round(mlp_ratio * dim))
             if hidden <= 0:

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention, _check_backend_name
 from .bridge import create_bridge
+from .dropout import Dropout
 from .norm import AddLayerNorm
 
 __all__ = [
@@ -270,7 +271,7 @@ class CoAttentionLayer(nn.Module):
         self.cross_norm = AddLayerNorm(dim, eps=eps, **fk)
         self.mlp = CoAttentionMLP(dim, hidden, **fk)
         self.mlp_norm = AddLayerNorm(dim, eps=eps, **fk)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)  # cheap CPU masks
 
     def reset_parameters(self) -> None:
         for m in (self.self_attn, self.self_norm, self.cross_attn, self.cross_norm, self.mlp,
