@@ -164,6 +164,52 @@ def test_vision_attention_equals_nn_multiheadattention_with_the_same_weights(mon
     torch.testing.assert_close(out, ref_attn(x, x, x)[0], rtol=1e-10, atol=1e-12)
 
 
+def test_layer_norm_linear_gradcheck():
+    """The LayerNorm+Linear node that recomputes the normalised tensor in the backward."""
+    from bridgetower.models.vision import _LayerNormLinearFn
+
+    f64 = torch.float64
+    x = torch.randn(2, 3, 6, dtype=f64, requires_grad=True)
+    lw, lb = torch.randn(6, dtype=f64, requires_grad=True), torch.randn(6, dtype=f64, requires_grad=True)
+    w, b = torch.randn(5, 6, dtype=f64, requires_grad=True), torch.randn(5, dtype=f64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, lw, lb, w, b: _LayerNormLinearFn.apply(x, lw, lb, 1e-5, w, b), (x, lw, lb, w, b))
+    # frozen parameters: only dL/dx
+    assert torch.autograd.gradcheck(
+        lambda x: _LayerNormLinearFn.apply(x, lw.detach(), lb.detach(), 1e-5, w.detach(), None), (x,))
+
+
+@pytest.mark.parametrize("quick_gelu", [True, False])
+def test_vision_block_training_path_equals_open_clip_block(quick_gelu):
+    """The fused training path of our ViT block (LayerNorms fused with the next Linear,
+    packed attention, activation+Linear) against an untouched open_clip block with the same
+    weights, float64, output and every gradient; and the plain path (no grad) too."""
+    config = _small_config(vision={"width": 64, "layers": 2, "heads": 4, "image_size": 32,
+                                   "quick_gelu": quick_gelu})
+    from open_clip.transformer import QuickGELU as ClipQuickGELU
+    from open_clip.transformer import ResidualAttentionBlock
+
+    block = BridgeTowerModel(config).vision_model.visual.transformer.resblocks[0].double()
+    # an untouched open_clip block (nn.MultiheadAttention, plain MLP) with the same weights
+    plain = ResidualAttentionBlock(64, 4, act_layer=ClipQuickGELU if quick_gelu else torch.nn.GELU,
+                                   batch_first=True).double()
+    plain.load_state_dict(block.state_dict())
+    x = torch.randn(2, 5, 64, dtype=torch.float64, requires_grad=True)
+    ref = plain(x)
+    out = block(x)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [x, *block.parameters()], g),
+                    torch.autograd.grad(ref, [x, *plain.parameters()], g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), plain(x), rtol=1e-10, atol=1e-12)
+        mask = torch.zeros(5, 5, dtype=torch.float64)
+        mask[:, -1] = float("-inf")  # an attention mask takes nn.MultiheadAttention's path
+        torch.testing.assert_close(block(x, attn_mask=mask), plain(x, attn_mask=mask),
+                                   rtol=1e-10, atol=1e-12)
+
+
 def test_vision_tower_is_open_clip_with_ln_post():
     model = BridgeTowerModel(_small_config()).eval()
     visual = model.vision_model.visual
