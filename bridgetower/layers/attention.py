@@ -356,7 +356,10 @@ class _ChunkedAttentionFn(torch.autograd.Function):
     def forward(ctx, q, k, v, pad_add, bias4, dropout_p, scale, seed, chunk, for_backward):
         B, H, Lq, _ = q.shape
         Lk, Dv = k.shape[2], v.shape[3]
-        out = q.new_empty(B, H, Lq, Dv)
+        # Laid out (B, Lq, H, Dv) like SDPA's CPU output: the caller's merge of the heads,
+        # out.transpose(1, 2).reshape(B, Lq, H * Dv), is then a view, and the tensor saved
+        # for this backward is the one the output projection saves (no second copy).
+        out = q.new_empty(B, Lq, H, Dv).transpose(1, 2)
         lse = q.new_empty(B, H, Lq)
         keep_scale = 1.0 / (1.0 - dropout_p)
         # Small dropout masks (1 byte per score) are kept for the backward; larger ones are
