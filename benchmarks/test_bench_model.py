@@ -17,7 +17,7 @@ time (steadier on a shared machine: ``cpu_time_ratio``) and the peak resident me
 (``VmHWM``) -- both implementations measured the same way.  The session ends with a table
 of ours/HF ratios (``test_model_ratios``), which asserts the targets in the full run.
 
-Sets (the full one is expensive: HF needs ~30 s per step and ~14 GB at 576 px on 2 cores):
+Sets (the full one is expensive: HF needs 35-50 s per step and about 9.4 GB at 576 px here):
 
 * default (``make bench``): base widths (768) with 4+4 uni-modal and 2 cross layers, 288 px;
 * ``BT_BENCH_FULL=1``: the full base model (12+12 layers, 6 cross) at 288, 384 and 576 px,
