@@ -117,7 +117,8 @@ class _VisionSelfAttention(nn.MultiheadAttention):
         q, k, v = qkv.view(B, L, 3, H, E // H).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, Dh)
         out = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                         backend=self.backend)
-        # SDPA (and the chunked path) return a (B, L, H, Dh) layout: this is a view
+        # SDPA's CPU kernel and the chunked path return a (B, L, H, Dh) layout: then this
+        # is a view, not a copy
         return self.out_proj(out.transpose(1, 2).reshape(B, L, E))
 
 
@@ -185,6 +186,7 @@ class _CLIPBlock(nn.Module):
                 and not torch.compiler.is_compiling()
                 and isinstance(self.attn, _VisionSelfAttention) and isinstance(self.mlp, _CLIPMLP)
                 and isinstance(self.ls_1, nn.Identity) and isinstance(self.ls_2, nn.Identity)
+                and self.ln_1.weight is not None and self.ln_2.weight is not None
                 and x.dtype == self.attn.in_proj_weight.dtype == self.ln_1.weight.dtype)
 
     def forward(self, q_x: torch.Tensor, k_x: torch.Tensor | None = None,
