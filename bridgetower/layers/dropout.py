@@ -44,6 +44,10 @@ def random_keep_mask(
     pass.  uint8 rather than bool: multiplying by it (``x.mul(keep)``) is several times
     faster on the CPU than ``masked_fill``.
     """
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"random_keep_mask: p must be in [0, 1], got {p}")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise TypeError(f"random_keep_mask: shape must be a tuple of non-negative ints, got {shape!r}")
     n = math.prod(shape)
     # Not ``random_()``: for int64 it draws from [0, 2**63), so the top lane would have only
     # 15 random bits.  The full range is uniform up to a bias of 2**-64.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers.attention import _check_backend_name, attention
 from ..layers.co_attention import act_linear
 from .config import VisionConfig
 
@@ -110,8 +111,6 @@ class _VisionSelfAttention(nn.MultiheadAttention):
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """Attention and ``out_proj`` from the packed projection ``qkv``, ``(B, L, 3E)``."""
-        from ..layers.attention import attention
-
         B, L, E3 = qkv.shape
         E, H = E3 // 3, self.num_heads
         q, k, v = qkv.view(B, L, 3, H, E // H).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, Dh)
@@ -321,6 +320,7 @@ class OpenCLIPVisionEncoder(nn.Module):
 
     def set_attention_backend(self, backend: str | None) -> None:
         """Attention backend of every block (``None``: chosen per call)."""
+        _check_backend_name(backend)
         for block in self.visual.transformer.resblocks:
             block.attn.backend = backend
 

@@ -29,6 +29,10 @@ def test_keep_mask_extreme_rates_and_odd_sizes():
     assert random_keep_mask((7, 3), 1e-6, "cpu", g).all()  # below 2**-17: rounds to 0
     assert random_keep_mask((100, 1000), 1 - 1e-6, "cpu", g).sum() < 20  # capped, not wrapped
     assert random_keep_mask((5,), 0.5, "cpu", g).shape == (5,)  # not a multiple of 4
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
+        random_keep_mask((4,), 1.5, "cpu")
+    with pytest.raises(TypeError, match="shape must be a tuple of non-negative ints"):
+        random_keep_mask((4, 2.0), 0.1, "cpu")
 
 
 def test_training_forward_and_backward_are_the_scaled_mask():

@@ -109,6 +109,8 @@ def test_attention_backend_switch_whole_model():
     torch.testing.assert_close(model(ids, mask, px).pooler_output, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown attention backend"):
         model.set_attention_backend("flash9")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        model.vision_model.set_attention_backend("flash9")
     m2 = BridgeTowerModel(_small_config(attn_backend="math"))
     assert m2.fusion.image_layers[0].cross_attn.backend == "math"
 
