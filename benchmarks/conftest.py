@@ -176,8 +176,9 @@ def run_benchmark(
         )
     else:
         benchmark.pedantic(fn, rounds=rounds or 20, iterations=1, warmup_rounds=warmup_rounds)
-        if bytes_moved is not None:
-            benchmark.extra_info["gbps"] = bytes_moved / benchmark.stats.stats.median / 1e9
+        stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
+        if bytes_moved is not None and stats is not None:
+            benchmark.extra_info["gbps"] = bytes_moved / stats.stats.median / 1e9
 
 
 def _ratio_rows(benchmarks) -> list[tuple[str, str, float, float, float]]:

@@ -4,7 +4,7 @@ For every task (VQA-, NLVR2-, SNLI-VE-style sets and IRTR retrieval) the tiny mo
 fine-tuned twice with the same recipe, steps, seed and data: once from the demo's pretrained
 checkpoint (``bridgetower pretrain`` writes it to ``runs/demo``), once from a random
 initialisation.  The held-out metric of each run is printed as a Markdown table (the one in
-the README's downstream section) and written to ``<out>/results.json``; the pretrained
+docs/downstream.md) and written to ``<out>/results.json``; the pretrained
 checkpoint's own zero-shot retrieval (ITC top-k re-ranked by ITM) is added for reference.
 
 Usage::

@@ -10,7 +10,7 @@ Time: pytest-benchmark through ``run_benchmark`` of ``benchmarks/conftest.py`` (
 synchronisation and L2 flush on a GPU), forward + backward, median of a few rounds after a
 warm-up; the session summary divides each median by the ``math`` backend's (attention) or
 the unfused layer's (co-attention) for the same configuration. On a shared CPU absolute
-times move from process to process: compare within one run (the README quotes ratios).
+times move from process to process: compare within one run (docs/benchmarks.md quotes ratios).
 
 Peak memory, on CPU: ``tracemalloc`` does not see torch's allocations, and the profiler's
 memory events are incomplete, so we measure what the operating system sees. All cases
@@ -38,7 +38,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridgetower.layers.attention import attention
+from bridgetower.kernels import attention
 from bridgetower.layers.co_attention import CoAttentionLayer
 from bridgetower.layers.norm import AddLayerNorm
 

@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
         "ImageProcessor",
         "TaskOutput",
         "build_test_tokenizer",
+        "build_wordlevel_tokenizer",
         "create_model",
         "get_config",
         "list_models",
@@ -48,29 +49,7 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
-    from .models import (  # noqa: F401
-        BridgeTowerConfig,
-        BridgeTowerContrastiveOutput,
-        BridgeTowerForContrastiveLearning,
-        BridgeTowerForImageAndTextRetrieval,
-        BridgeTowerForIRTR,
-        BridgeTowerForMaskedLM,
-        BridgeTowerForNLVR2,
-        BridgeTowerForPretraining,
-        BridgeTowerForSNLIVE,
-        BridgeTowerForVisualQuestionAnswering,
-        BridgeTowerModel,
-        BridgeTowerOutput,
-        BridgeTowerPretrainingOutput,
-        BridgeTowerProcessor,
-        ImageProcessor,
-        TaskOutput,
-        build_test_tokenizer,
-        create_model,
-        get_config,
-        list_models,
-        register_config,
-    )
+    from .models import *  # noqa: F403
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""The `bridgetower` command: a short pretrain run, score, resume, user data, bad input."""
+"""The `bridgetower` command: a short pretrain run, score, resume, user data, bad input,
+`--version`, `python -m bridgetower`."""
 
 from __future__ import annotations
 
@@ -76,6 +77,14 @@ def test_cli_kill_and_resume_ends_with_identical_weights(demo_run, tmp_path, mon
         assert torch.equal(want[k], got[k]), k
 
 
+def _exit_code(argv) -> int:
+    """The exit status of the command: bad flags exit through argparse, bad values return 2."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def _write_pairs(folder, n=6):
     folder.mkdir()
     lines = []
@@ -128,18 +137,15 @@ def test_pretrain_on_a_folder_and_on_tar_shards(tmp_path):
 )
 def test_bad_flags_and_paths_give_clear_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
+    assert _exit_code(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_resume_without_checkpoint_and_missing_image(demo_run, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["pretrain", "--output-dir", str(tmp_path / "empty"), "--resume", *_TINY])
-    assert "no training checkpoint" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["score", str(tmp_path / "missing.png"), "a red circle", "--checkpoint", str(demo_run)])
+    assert main(["pretrain", "--output-dir", str(tmp_path / "empty"), "--resume", *_TINY]) == 2
+    assert "--resume: no training checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()  # a failed resume leaves nothing behind
+    assert main(["score", str(tmp_path / "missing.png"), "a red circle", "--checkpoint", str(demo_run)]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -160,8 +166,7 @@ def test_help_documents_every_flag(capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_device_without_cuda(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        main(["pretrain", "--device", "cuda", *_TINY])
+    assert main(["pretrain", "--device", "cuda", *_TINY]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 
@@ -175,3 +180,33 @@ def test_release_freed_memory_flag_configures_the_allocator(tmp_path, monkeypatc
     assert main(args) == 0 and calls == []
     assert main([*args, "--output-dir", str(tmp_path / "b"), "--release-freed-memory"]) == 0
     assert calls == [{}]
+
+
+def test_version_and_module_entry_points(capsys):
+    import subprocess
+    import sys
+
+    import bridgetower
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"bridgetower {bridgetower.__version__}"
+    for module in ("bridgetower", "bridgetower.cli"):
+        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == f"bridgetower {bridgetower.__version__}", done.stderr
+    assert main([]) == 2 and "pretrain" in capsys.readouterr().out
+
+
+def test_every_pretrain_knob_is_a_flag_with_both_defaults(capsys):
+    """A knob of PretrainRecipe is declared once; the flag, its type and its help follow."""
+    import dataclasses
+
+    from bridgetower.training.recipes import PRETRAIN_RECIPES, PretrainRecipe
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    names = [f.name for f in dataclasses.fields(PretrainRecipe) if f.name != "name"]
+    assert names and all(f"--{n.replace('_', '-')}" in text for n in names)
+    assert "(official: 0.5; demo: 0.5)" in text  # --itm-negatives
+    assert PRETRAIN_RECIPES["demo"].replace(steps=3).steps == 3 and PRETRAIN_RECIPES["demo"].lr == 1e-3

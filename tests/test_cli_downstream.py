@@ -35,21 +35,21 @@ def _records(out):
 
 
 @pytest.mark.parametrize(
-    "task,saved,metric,extra",
+    "task,metric,extra",
     [
-        ("vqa", "vqa", "vqa_score", []),
-        ("nlvr2", "nlvr2", "accuracy", []),
-        ("snli-ve", "snli_ve", "accuracy", []),
-        ("irtr", "irtr", "accuracy", ["--false-texts", "2", "--retrieval-eval-size", "4"]),
+        ("vqa", "vqa_score", []),
+        ("nlvr2", "accuracy", []),
+        ("snli-ve", "accuracy", []),
+        ("irtr", "accuracy", ["--false-texts", "2", "--retrieval-eval-size", "4"]),
     ],
 )
-def test_finetune_each_task(pretrained, tmp_path, capsys, task, saved, metric, extra):
+def test_finetune_each_task(pretrained, tmp_path, capsys, task, metric, extra):
     out = tmp_path / task
     assert main(["finetune", task, "--pretrained", str(pretrained), "--output-dir", str(out), *_SHORT, *extra]) == 0
     for name in ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "metrics.jsonl",
                  "metrics.csv", "run_config.json", "finetune_summary.json", "checkpoints/latest"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "model/config.json").read_text())["task"] == saved
+    assert json.loads((out / "model/config.json").read_text())["task"].replace("_", "-") == task
     records = _records(out)
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
     evals = [r for r in records if r["split"] == "eval"]
@@ -109,17 +109,28 @@ def test_bad_input(pretrained, tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_a_tracker_not_installed_names_the_flag(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
+    assert main(["finetune", "snli-ve", "--output-dir", str(tmp_path / "f"), *_SHORT, "--tracker", "wandb"]) == 2
+    assert "bridgetower finetune: error: --tracker: the 'wandb' tracker needs" in capsys.readouterr().err
+    assert main(["pretrain", "--output-dir", str(tmp_path / "p"), "--steps", "1", "--batch-size", "4", "--eval-size", "4",
+                 "--num-scenes", "8", "--quiet", "--tracker", "wandb"]) == 2
+    assert "bridgetower pretrain: error: --tracker: the 'wandb' tracker needs" in capsys.readouterr().err
+
+
 def test_every_flag_has_help():
-    from bridgetower.commands import add_parsers
+    from bridgetower.cli import add_parsers
 
     parser = argparse.ArgumentParser(prog="bridgetower")
     sub = parser.add_subparsers(dest="command")
     add_parsers(sub)
-    for name in ("finetune", "evaluate-retrieval"):
+    for name in ("pretrain", "score", "finetune", "evaluate-retrieval"):
         p = sub.choices[name]
         for action in p._actions:
             assert action.help, (name, action.option_strings or action.dest)
-        assert "--pretrained" in p.format_help() or name == "evaluate-retrieval"
+        assert "--pretrained" in p.format_help() or name != "finetune"
 
 
 @pytest.fixture(scope="module")

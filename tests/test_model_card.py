@@ -40,7 +40,7 @@ from bridgetower.models import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED_CARD = Path("/work/shared/seeds/bridgetower-large-itm-mlm-model-card.txt")
+SEED_CARD = ROOT / "tests" / "data" / "model_card" / "bridgetower-large-itm-mlm-model-card.txt"
 
 
 def _load_snippets():
@@ -75,7 +75,7 @@ def image_file(tmp_path_factory) -> Path:
     # 96x64 (W x H): the resize keeps it (shorter side already 64, longer <= 106, multiple of
     # 32), the centre crop cuts it to 64x64.  No resampling: HF's default torchvision backend
     # and our Pillow-exact processor give identical pixels (with resampling they differ by a
-    # few uint8 levels, see the README).
+    # few uint8 levels, see docs/models.md).
     rng = np.random.RandomState(0)
     yy, xx = np.mgrid[0:64, 0:96]
     arr = np.stack([(xx * 2) % 256, (yy * 4) % 256, (xx + yy) % 256], -1) + rng.randint(
@@ -352,8 +352,6 @@ def test_processor_bad_names():
 
 
 def test_snippets_are_the_model_card_code():
-    if not SEED_CARD.exists():
-        pytest.skip(f"the model card text is not available here ({SEED_CARD})")
     card = [ln.strip() for ln in SEED_CARD.read_text().splitlines() if ln.strip()]
     for snippet in (cards.ITM_SNIPPET, cards.MLM_SNIPPET):
         lines = [ln.strip() for ln in snippet.splitlines() if ln.strip()]

@@ -1,128 +1,24 @@
 """Data: synthetic scenes, image-text pair datasets, image transforms and collators.
 
-See docs/architecture.md and the ``data`` section of the README.
+Every public name of the submodules below (their ``__all__``) is importable from here, so
+each name is listed once, in the module that defines it. See docs/architecture.md.
 """
 
-from .arrow import (
-    ARROW_SCHEMA_KINDS,
-    SNLI_VE_LABELS,
-    ArrowDataset,
-    ArrowNLVR2Dataset,
-    ArrowPretrainingPairs,
-    ArrowRetrievalDataset,
-    ArrowSNLIVEDataset,
-    ArrowVQADataset,
-    TaskCollator,
-    arrow_schema,
-    vqa_soft_targets,
-    write_arrow_table,
-)
-from .collate import (
-    PretrainingCollator,
-    apply_hard_negatives,
-    is_empty_batch,
-    itm_inputs,
-    mask_selected_tokens,
-    mask_tokens,
-    negative_exclusion,
-    sample_hard_negatives,
-    sample_itm_negatives,
-)
-from .datasets import (
-    ImageTextDataset,
-    SceneITMEvalDataset,
-    SyntheticSceneDataset,
-    WebDatasetPairs,
-    load_image,
-    read_index,
-)
-from .downstream import (
-    VQA_ANSWERS,
-    InStreamFalseTexts,
-    IRTRCollator,
-    SceneIRTRDataset,
-    SceneNLVR2Dataset,
-    SceneSNLIVEDataset,
-    SceneVQADataset,
-    build_downstream_tokenizer,
-    downstream_vocabulary,
-    scene_retrieval_set,
-)
-from .scenes import (
-    COLOURS,
-    POSITIONS,
-    SHAPES,
-    Scene,
-    SceneConfig,
-    SceneObject,
-    alter_scene,
-    build_scene_tokenizer,
-    make_scene,
-    negative_caption,
-    render_scene,
-    sample_scene,
-    scene_attribute_token_ids,
-    scene_vocabulary,
-)
-from .stats import SKIP_REASONS, Skipped, SkipStats
-from .transforms import CLIP_MEAN, CLIP_STD, ImageTransform
+from . import arrow, collate, datasets, downstream, scenes, stats, transforms
+from .arrow import *  # noqa: F403
+from .collate import *  # noqa: F403
+from .datasets import *  # noqa: F403
+from .downstream import *  # noqa: F403
+from .scenes import *  # noqa: F403
+from .stats import *  # noqa: F403
+from .transforms import *  # noqa: F403
 
 __all__ = [
-    "COLOURS",
-    "POSITIONS",
-    "SHAPES",
-    "Scene",
-    "SceneConfig",
-    "SceneObject",
-    "alter_scene",
-    "build_scene_tokenizer",
-    "make_scene",
-    "negative_caption",
-    "render_scene",
-    "sample_scene",
-    "scene_attribute_token_ids",
-    "scene_vocabulary",
-    "SyntheticSceneDataset",
-    "SceneITMEvalDataset",
-    "ImageTextDataset",
-    "WebDatasetPairs",
-    "load_image",
-    "read_index",
-    "PretrainingCollator",
-    "apply_hard_negatives",
-    "is_empty_batch",
-    "itm_inputs",
-    "mask_selected_tokens",
-    "mask_tokens",
-    "negative_exclusion",
-    "sample_hard_negatives",
-    "sample_itm_negatives",
-    "SKIP_REASONS",
-    "Skipped",
-    "SkipStats",
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "ImageTransform",
-    "ARROW_SCHEMA_KINDS",
-    "SNLI_VE_LABELS",
-    "ArrowDataset",
-    "ArrowNLVR2Dataset",
-    "ArrowPretrainingPairs",
-    "ArrowRetrievalDataset",
-    "ArrowSNLIVEDataset",
-    "ArrowVQADataset",
-    "TaskCollator",
-    "arrow_schema",
-    "vqa_soft_targets",
-    "write_arrow_table",
-    "VQA_ANSWERS",
-    "InStreamFalseTexts",
-    "IRTRCollator",
-    "SceneIRTRDataset",
-    "SceneNLVR2Dataset",
-    "SceneSNLIVEDataset",
-    "SceneVQADataset",
-    "build_downstream_tokenizer",
-    "downstream_vocabulary",
-    "scene_retrieval_set",
+    *scenes.__all__,
+    *datasets.__all__,
+    *collate.__all__,
+    *stats.__all__,
+    *transforms.__all__,
+    *arrow.__all__,
+    *downstream.__all__,
 ]

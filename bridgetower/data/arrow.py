@@ -1,45 +1,19 @@
-"""Streaming readers for the pyarrow tables of the official BridgeTower / ViLT data preparation.
+"""Streaming datasets over the pyarrow tables of the official BridgeTower / ViLT data preparation.
 
-The official repository converts every corpus into Arrow IPC *file* format tables
-(``pa.RecordBatchFileWriter``, i.e. ``pa.ipc.new_file``; magic bytes ``ARROW1``), one row
-per image. The column layouts (``src/utils/write_*.py`` there) are:
+The table layouts (one row per image, or per image pair for NLVR2) and how they are
+written and opened are in :mod:`bridgetower.data.arrow_io`. The datasets here read such
+tables **record batch by record batch from a memory map**: nothing is loaded up front; a
+record batch is sliced into chunks of ``chunk_rows`` rows and only the columns a dataset
+needs are converted to Python, chunk by chunk (the official writers put a whole table in
+one record batch, so chunks, not record batches, are the unit of work).
 
-=============== ============================================================================
-kind            columns (Arrow type)
-=============== ============================================================================
-``caption``     ``image`` binary, ``caption`` list<string> (all captions of the image),
-                ``image_id`` string, ``split`` string. COCO and Flickr30k Karpathy splits,
-                Conceptual Captions, SBU.
-``vg``          ``image``, ``caption`` list<string> (region phrases), ``width``,
-                ``height``, ``x``, ``y`` list<int64> (one box per phrase), ``image_id``
-                string. Visual Genome.
-``vqa``         ``image``, ``questions`` list<string>, ``answers`` list<list<string>>,
-                ``answer_labels`` list<list<int64>> (indices into the answer vocabulary),
-                ``answer_scores`` list<list<double>> (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 /
-                4+ annotators), ``image_id`` int64, ``question_id`` list<int64>, ``split``
-                string. VQAv2; the test tables have empty answer lists.
-``nlvr2``       ``image_0``, ``image_1`` binary (left and right), ``questions``
-                list<string> (the statements about this pair), ``answers`` list<string>
-                (``"True"`` / ``"False"``), ``identifier`` string.
-``snli_ve``     ``image``, ``sentences`` list<list<string>> (``[premise, hypothesis]``
-                pairs), ``labels`` list<int64> (0 contradiction, 1 neutral, 2 entailment).
-=============== ============================================================================
-
-The datasets here read such tables **record batch by record batch from a memory map**:
-nothing is loaded up front; a record batch is sliced into chunks of ``chunk_rows`` rows and
-only the columns a dataset needs are converted to Python, chunk by chunk (the official
-writers put a whole table in one record batch, so chunks, not record batches, are the unit
-of work). The Arrow IPC *stream* format (``pa.ipc.new_stream``) is read too. Tables written
-with IPC buffer compression (the official scripts do not compress) are decompressed by
-pyarrow when a record batch is read, which loses the zero-copy benefit of the map.
-
-Work split across ranks and ``DataLoader`` workers: the chunks of all files, in order
-(or in a permutation drawn from ``seed + epoch`` when ``shuffle``, the same on every rank),
-are dealt round-robin: chunk ``k`` goes to shard ``k % (world_size * num_workers)``, where
-the shard of worker ``w`` of rank ``r`` is ``r * num_workers + w``. Every row is read by
-exactly one (rank, worker) per epoch (see :meth:`ArrowDataset.chunks_for`). Ranks can get
-a different number of samples (a chunk more, or a different number of captions); with DDP,
-stop every rank after the same number of steps.
+Work split across ranks and ``DataLoader`` workers: the chunks of all files, in order (or in
+a permutation drawn from ``seed + epoch`` when ``shuffle``, the same on every rank), are
+split by :class:`~bridgetower.data.sharding.WorkerShard`: ``chunks[rank::world_size]`` for a
+rank, then ``[worker::num_workers]`` for a worker of it. Every row is read by exactly one
+(rank, worker) per epoch (see :meth:`ArrowDataset.chunks_for`). Ranks can get a different
+number of samples (a chunk more, or a different number of captions); with DDP, stop every
+rank after the same number of steps.
 
 Each sample is a dict holding ``image`` (a PIL RGB image; ``pixel_values`` instead when a
 ``transform`` is given), ``caption`` (the text: caption, question, statement or hypothesis)
@@ -49,29 +23,39 @@ and ``input_ids`` (when a ``tokenizer`` is given), like the other datasets of
 and malformed rows never stop a run: the dataset yields a
 :class:`~bridgetower.data.Skipped` marker instead (one per sample lost), counts it in
 ``dataset.stats`` and logs the counts of each pass; the collator drops markers and reports
-them in ``batch["skipped"]``.
+them in ``batch["skipped"]``. :class:`TaskCollator` batches the downstream-task samples.
 
-``pyarrow`` is imported lazily: importing this module works without it, using a reader
+``pyarrow`` is imported lazily: importing this module works without it, building a dataset
 raises an ``ImportError`` that says how to install it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
+from bridgetower.models.image_ops import pad_images
+
+from .arrow_io import (
+    ARROW_SCHEMA_KINDS,
+    SNLI_VE_LABELS,
+    arrow_paths,
+    arrow_schema,
+    open_record_batches,
+    require_pyarrow,
+    write_arrow_table,
+)
 from .collate import PretrainingCollator, is_empty_batch
-from .datasets import _PairEncoder, load_image
+from .datasets import IMAGE_ERRORS, PairEncoder, load_image
+from .sharding import WorkerShard, check_rank_world, current_shard
 from .stats import Skipped, SkipStats
 
 __all__ = [
@@ -90,180 +74,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The table layouts :func:`write_arrow_table` writes (see the module docstring).
-ARROW_SCHEMA_KINDS: tuple[str, ...] = ("caption", "vg", "vqa", "nlvr2", "snli_ve")
-_KIND_ALIASES = {
-    "coco": "caption",
-    "f30k": "caption",
-    "flickr30k": "caption",
-    "cc": "caption",
-    "conceptual_caption": "caption",
-    "sbu": "caption",
-    "vqav2": "vqa",
-    "snli": "snli_ve",
-}
-
-#: The official SNLI-VE label ids (``write_snli.py``).
-SNLI_VE_LABELS: dict[str, int] = {"contradiction": 0, "neutral": 1, "entailment": 2}
-
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-_FILE_MAGIC = b"ARROW1"
-
-
-def _pyarrow():
-    try:
-        import pyarrow as pa
-        import pyarrow.ipc  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            "reading or writing the official pyarrow tables needs the 'pyarrow' package: "
-            "pip install pyarrow"
-        ) from e
-    return pa
-
-
-def _kind(schema_kind: str) -> str:
-    if not isinstance(schema_kind, str):
-        raise TypeError(f"schema_kind must be a string, got {type(schema_kind).__name__}")
-    kind = _KIND_ALIASES.get(schema_kind, schema_kind)
-    if kind not in ARROW_SCHEMA_KINDS:
-        raise ValueError(
-            f"unknown schema_kind {schema_kind!r}; valid: {ARROW_SCHEMA_KINDS} "
-            f"(aliases: {sorted(_KIND_ALIASES)})"
-        )
-    return kind
-
-
-def arrow_schema(schema_kind: str):
-    """The ``pyarrow.Schema`` of an official table kind (one of :data:`ARROW_SCHEMA_KINDS`)."""
-    pa = _pyarrow()
-    kind = _kind(schema_kind)
-    strings = pa.list_(pa.string())
-    ints = pa.list_(pa.int64())
-    fields = {
-        "caption": [
-            ("image", pa.binary()),
-            ("caption", strings),
-            ("image_id", pa.string()),
-            ("split", pa.string()),
-        ],
-        "vg": [
-            ("image", pa.binary()),
-            ("caption", strings),
-            ("width", ints),
-            ("height", ints),
-            ("x", ints),
-            ("y", ints),
-            ("image_id", pa.string()),
-        ],
-        "vqa": [
-            ("image", pa.binary()),
-            ("questions", strings),
-            ("answers", pa.list_(strings)),
-            ("answer_labels", pa.list_(ints)),
-            ("answer_scores", pa.list_(pa.list_(pa.float64()))),
-            ("image_id", pa.int64()),
-            ("question_id", ints),
-            ("split", pa.string()),
-        ],
-        "nlvr2": [
-            ("image_0", pa.binary()),
-            ("image_1", pa.binary()),
-            ("questions", strings),
-            ("answers", strings),
-            ("identifier", pa.string()),
-        ],
-        "snli_ve": [
-            ("image", pa.binary()),
-            ("sentences", pa.list_(strings)),
-            ("labels", ints),
-        ],
-    }[kind]
-    return pa.schema(fields)
-
-
-def _image_bytes(value: Any, where: str) -> Any:
-    if isinstance(value, Image.Image):
-        buf = io.BytesIO()
-        value.save(buf, format="PNG")
-        return buf.getvalue()
-    if value is None or isinstance(value, (bytes, bytearray)):
-        return value
-    raise TypeError(f"{where}: an image must be bytes or a PIL image, got {type(value).__name__}")
-
-
-def _check_nesting(pa, value: Any, type_: Any, where: str) -> None:
-    # pyarrow would turn a string given for a list<string> into a list of characters
-    if value is None or not pa.types.is_list(type_):
-        return
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(
-            f"{where} must be a list ({type_}), got {type(value).__name__}: {value!r:.60}"
-        )
-    for k, v in enumerate(value):
-        _check_nesting(pa, v, type_.value_type, f"{where}[{k}]")
-
-
-def write_arrow_table(
-    path: str | os.PathLike,
-    rows: Sequence[Mapping[str, Any]],
-    schema_kind: str,
-    *,
-    rows_per_batch: int | None = None,
-    stream: bool = False,
-) -> Path:
-    """Write ``rows`` as an Arrow IPC table with the official layout ``schema_kind``.
-
-    Each row is a dict with exactly the columns of :func:`arrow_schema` (image columns may
-    be bytes or PIL images; PIL images are stored as PNG). ``rows_per_batch`` cuts the table
-    into record batches of at most that many rows (default: one batch, as the official
-    writers do). ``stream=True`` writes the IPC stream format instead of the file format.
-    Returns the path.
-    """
-    pa = _pyarrow()
-    schema = arrow_schema(schema_kind)
-    if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
-        raise TypeError(f"rows must be a sequence of dicts, got {type(rows).__name__}")
-    if not rows:
-        raise ValueError("rows is empty: a table needs at least one row")
-    if rows_per_batch is not None and (
-        isinstance(rows_per_batch, bool)
-        or not isinstance(rows_per_batch, int)
-        or rows_per_batch < 1
-    ):
-        raise ValueError(f"rows_per_batch must be a positive int or None, got {rows_per_batch!r}")
-    names = schema.names
-    image_cols = [f.name for f in schema if pa.types.is_binary(f.type)]
-    clean = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise TypeError(f"rows[{i}] must be a dict, got {type(row).__name__}")
-        missing = [n for n in names if n not in row]
-        extra = sorted(set(row) - set(names))
-        if missing or extra:
-            raise ValueError(
-                f"rows[{i}] does not match the {_kind(schema_kind)!r} layout: missing "
-                f"{missing}, unexpected {extra} (columns: {names})"
-            )
-        r = dict(row)
-        for c in image_cols:
-            r[c] = _image_bytes(r[c], f"rows[{i}][{c!r}]")
-        for field in schema:
-            _check_nesting(pa, r[field.name], field.type, f"rows[{i}][{field.name!r}]")
-        clean.append(r)
-    try:
-        table = pa.Table.from_pylist(clean, schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise ValueError(
-            f"rows do not fit the {_kind(schema_kind)!r} schema {schema}: {e}"
-        ) from None
-    path = Path(path)
-    with pa.OSFile(str(path), "wb") as sink:
-        opener = pa.ipc.new_stream if stream else pa.ipc.new_file
-        with opener(sink, schema) as writer:
-            writer.write_table(table, max_chunksize=rows_per_batch)
-    return path
 
 
 def vqa_soft_targets(labels: Sequence[int], scores: Sequence[float], num_answers: int) -> Tensor:
@@ -284,54 +94,6 @@ def vqa_soft_targets(labels: Sequence[int], scores: Sequence[float], num_answers
         target[label] = max(float(target[label]), float(score))
     return target
 
-
-# ----------------------------------------------------------------------------------------
-# opening files
-
-
-def _open_batches(path: Path):
-    """``(memory_map, schema, batches)``: ``batches[i]`` is record batch ``i``, read lazily
-    for the file format and zero-copy from the map for the stream format."""
-    pa = _pyarrow()
-    mm = pa.memory_map(str(path), "r")
-    try:
-        head = mm.read(len(_FILE_MAGIC))
-        mm.seek(0)
-        if head == _FILE_MAGIC:
-            reader = pa.ipc.open_file(mm)
-            return mm, reader.schema, _FileBatches(reader)
-        reader = pa.ipc.open_stream(mm)
-        return mm, reader.schema, list(reader)
-    except (pa.ArrowInvalid, OSError) as e:
-        mm.close()
-        raise ValueError(f"{str(path)!r} is not an Arrow IPC file or stream ({e})") from None
-
-
-class _FileBatches:
-    def __init__(self, reader) -> None:
-        self.reader = reader
-
-    def __len__(self) -> int:
-        return self.reader.num_record_batches
-
-    def __getitem__(self, i: int):
-        return self.reader.get_batch(i)
-
-
-def _as_paths(paths: Any) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    if not isinstance(paths, Sequence) or not all(isinstance(p, (str, os.PathLike)) for p in paths):
-        raise TypeError(
-            f"paths must be a path or a list of paths to .arrow files, got {type(paths).__name__}"
-        )
-    out = [Path(p) for p in paths]
-    if not out:
-        raise ValueError("no .arrow files given")
-    missing = [str(p) for p in out if not p.is_file()]
-    if missing:
-        raise ValueError(f"arrow files not found: {missing}")
-    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -371,19 +133,12 @@ class ArrowDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        _pyarrow()  # fail first, and clearly, without pyarrow
-        self.paths = _as_paths(paths)
-        self.encoder = _PairEncoder(transform, tokenizer, max_length)
+        require_pyarrow()  # fail first, and clearly, without pyarrow
+        self.paths = arrow_paths(paths)
+        self.encoder = PairEncoder(transform, tokenizer, max_length)
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
-        if (rank is None) != (world_size is None):
-            raise ValueError("pass both rank and world_size, or neither")
-        if world_size is not None and not (
-            isinstance(world_size, int) and isinstance(rank, int) and 0 <= rank < world_size
-        ):
-            raise ValueError(
-                f"need ints 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}"
-            )
+        check_rank_world(rank, world_size)
         self.chunk_rows = chunk_rows
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
@@ -395,7 +150,7 @@ class ArrowDataset(IterableDataset):
         self._batches: list[tuple[int, int, int]] = []
         self._columns: list[list[str]] = []
         for fi, path in enumerate(self.paths):
-            mm, schema, batches = _open_batches(path)
+            mm, schema, batches = open_record_batches(path)
             try:
                 names = schema.names
                 missing = [c for c in self.required_columns if c not in names]
@@ -423,13 +178,6 @@ class ArrowDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _rank_world(self) -> tuple[int, int]:
-        if self.world_size is not None:
-            return self.rank, self.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def chunks(self) -> list[tuple[int, int, int, int]]:
         """All chunks ``(file index, record batch index, start row, stop row)`` of this epoch,
         in reading order (permuted when ``shuffle``)."""
@@ -445,32 +193,18 @@ class ArrowDataset(IterableDataset):
     def chunks_for(
         self, rank: int, world_size: int, worker: int = 0, num_workers: int = 1
     ) -> list[tuple[int, int, int, int]]:
-        """The chunks read by ``worker`` of ``rank``: every ``world_size * num_workers``-th
-        chunk, starting at ``rank * num_workers + worker``."""
-        if not (0 <= rank < world_size and 0 <= worker < num_workers):
-            raise ValueError(
-                f"need 0 <= rank < world_size and 0 <= worker < num_workers, got rank={rank}, "
-                f"world_size={world_size}, worker={worker}, num_workers={num_workers}"
-            )
-        shards = world_size * num_workers
-        return self.chunks()[rank * num_workers + worker :: shards]
+        """The chunks read by ``worker`` of ``rank`` in this epoch:
+        ``chunks()[rank::world_size][worker::num_workers]`` (:class:`WorkerShard`)."""
+        return WorkerShard(rank, world_size, worker, num_workers).take(self.chunks())
 
     # -- reading ----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict[str, Any] | Skipped]:
-        rank, world = self._rank_world()
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        chunks = self.chunks_for(rank, world, worker, num_workers)
+        me = current_shard(self.rank, self.world_size)
+        chunks = self.chunks_for(me.rank, me.world_size, me.worker, me.num_workers)
         if not chunks:
             logger.warning(
-                "rank %d worker %d has no rows to read (%d chunks of %d rows for %d ranks x %d workers)",
-                rank,
-                worker,
-                len(self.chunks()),
-                self.chunk_rows,
-                world,
-                num_workers,
+                "%s has no rows to read (%d chunks of %d rows)", me, len(self.chunks()), self.chunk_rows
             )
             return
         before = self.stats.as_dict()
@@ -479,7 +213,7 @@ class ArrowDataset(IterableDataset):
         try:
             for fi, bi, start, stop in chunks:
                 if fi not in opened:
-                    mm, _, batches = _open_batches(self.paths[fi])
+                    mm, _, batches = open_record_batches(self.paths[fi])
                     opened[fi] = (mm, batches)
                 if last_key != (fi, bi):  # a record batch is usually cut into many chunks
                     last_key, last_batch = (fi, bi), opened[fi][1][bi]
@@ -496,9 +230,7 @@ class ArrowDataset(IterableDataset):
             last_batch = None
             for mm, _ in opened.values():
                 mm.close()
-        epoch_stats = SkipStats()
-        epoch_stats.add_counts({r: self.stats.counts[r] - before[r] for r in before})
-        epoch_stats.report(logger, self.epoch)
+        self.stats.since(before).report(logger, self.epoch)
 
     def _row_samples(self, row: dict[str, Any], source: str) -> Iterator[dict[str, Any] | Skipped]:
         raise NotImplementedError
@@ -513,27 +245,33 @@ class ArrowDataset(IterableDataset):
             ]
         try:
             image = load_image(value)
-        except _IMAGE_ERRORS as e:
+        except IMAGE_ERRORS as e:
             return [
                 self.stats.add("unreadable_image", f"{source} ({type(e).__name__})")
                 for _ in range(max(n_lost, 1))
             ]
         return image
 
-    def _visual(self, image: Image.Image, suffix: str = "") -> dict[str, Any]:
-        if self.encoder.transform is not None:
-            return {f"pixel_values{suffix}": self.encoder.transform(image)}
-        return {f"image{suffix}": image}
-
-    def _tokens(self, text: str) -> Tensor:
-        ids = self.encoder.tokenizer(text, truncation=True, max_length=self.encoder.max_length)
-        return torch.as_tensor(ids["input_ids"], dtype=torch.long)
-
     def _text_sample(self, visual: dict[str, Any], text: str, **extra: Any) -> dict[str, Any]:
         sample = {**visual, "caption": text, **extra}
         if self.encoder.tokenizer is not None:
-            sample["input_ids"] = self._tokens(text)
+            sample["input_ids"] = self.encoder.tokens(text)
         return sample
+
+    def _zip_lists(
+        self, row: dict[str, Any], source: str, columns: tuple[str, str], names: tuple[str, str]
+    ) -> tuple[list[tuple[Any, Any]], list[Skipped]]:
+        """The entries of two list cells that must line up (texts and their labels), zipped;
+        or no entries and the markers of the samples lost: one ``empty_caption`` when the
+        first list is empty, one ``bad_record`` per text when the lengths differ. ``names``
+        name the lists in the markers."""
+        first, second = _list_or_none(row[columns[0]]), _list_or_none(row[columns[1]])
+        if not first:
+            return [], [self.stats.add("empty_caption", f"{source} (no {names[0]})")]
+        if second is None or len(second) != len(first):
+            why = f"{source} ({names[0]} and {names[1]} differ in number)"
+            return [], [self.stats.add("bad_record", why) for _ in first]
+        return list(zip(first, second, strict=True)), []
 
     @staticmethod
     def _clean_text(value: Any) -> str | None:
@@ -591,7 +329,7 @@ class ArrowPretrainingPairs(ArrowDataset):
         if isinstance(image, list):
             yield from image
             return
-        visual = self._visual(image)
+        visual = self.encoder.visual(image)
         image_id = row.get("image_id")
         image_id = source if image_id is None else image_id  # the row's location: unique
         for t in texts:
@@ -628,12 +366,12 @@ class ArrowRetrievalDataset(ArrowDataset):
             return
         image_id = row.get("image_id")
         sample = {
-            **self._visual(image),
+            **self.encoder.visual(image),
             "captions": kept,
             "image_id": source if image_id is None else image_id,
         }
         if self.encoder.tokenizer is not None:
-            sample["input_ids"] = [self._tokens(t) for t in kept]
+            sample["input_ids"] = [self.encoder.tokens(t) for t in kept]
         yield sample
 
 
@@ -696,7 +434,7 @@ class ArrowVQADataset(ArrowDataset):
         if isinstance(image, list):
             yield from image
             return
-        visual = self._visual(image)
+        visual = self.encoder.visual(image)
         for i, t in enumerate(texts):
             if t is None:
                 continue
@@ -738,19 +476,10 @@ class ArrowNLVR2Dataset(ArrowDataset):
         return None
 
     def _row_samples(self, row, source):
-        questions = _list_or_none(row["questions"])
-        answers = _list_or_none(row["answers"])
-        if not questions:
-            yield self.stats.add("empty_caption", f"{source} (no statements)")
-            return
-        if answers is None or len(answers) != len(questions):
-            for _ in questions:
-                yield self.stats.add(
-                    "bad_record", f"{source} (statements and answers differ in number)"
-                )
-            return
+        entries, lost = self._zip_lists(row, source, ("questions", "answers"), ("statements", "answers"))
+        yield from lost
         keep = []
-        for q, a in zip(questions, answers, strict=True):
+        for q, a in entries:
             t, lab = self._clean_text(q), self._label(a)
             if t is None:
                 yield self.stats.add("empty_caption", source)
@@ -768,7 +497,7 @@ class ArrowNLVR2Dataset(ArrowDataset):
         if isinstance(right, list):
             yield from right
             return
-        visual = {**self._visual(left), **self._visual(right, "_2")}
+        visual = {**self.encoder.visual(left), **self.encoder.visual(right, "_2")}
         identifier = row.get("identifier", source)
         for t, lab in keep:
             yield self._text_sample(
@@ -789,19 +518,10 @@ class ArrowSNLIVEDataset(ArrowDataset):
     required_columns = ("image", "sentences", "labels")
 
     def _row_samples(self, row, source):
-        pairs = _list_or_none(row["sentences"])
-        labels = _list_or_none(row["labels"])
-        if not pairs:
-            yield self.stats.add("empty_caption", f"{source} (no sentences)")
-            return
-        if labels is None or len(labels) != len(pairs):
-            for _ in pairs:
-                yield self.stats.add(
-                    "bad_record", f"{source} (sentences and labels differ in number)"
-                )
-            return
+        entries, lost = self._zip_lists(row, source, ("sentences", "labels"), ("sentences", "labels"))
+        yield from lost
         keep = []
-        for pair, lab in zip(pairs, labels, strict=True):
+        for pair, lab in entries:
             if (
                 not isinstance(pair, list)
                 or len(pair) != 2
@@ -821,7 +541,7 @@ class ArrowSNLIVEDataset(ArrowDataset):
         if isinstance(image, list):
             yield from image
             return
-        visual = self._visual(image)
+        visual = self.encoder.visual(image)
         for premise, t, lab in keep:
             yield self._text_sample(visual, t, premise=premise, label=lab, image_id=source)
 
@@ -837,13 +557,16 @@ class TaskCollator:
     skipped samples (``labels`` comes from the samples' ``label``); this adds, when every
     kept sample has them: ``targets (B, num_answers)`` float (VQA soft scores),
     ``question_ids (B,)`` long, and ``pixel_values_2``/``pixel_mask_2`` for the second
-    NLVR2 image (padded to the size of ``pixel_values``). No MLM masking or ITM negatives.
+    NLVR2 image (``pixel_values_2`` | ``image_2``). Both images of the pairs are padded to
+    one size (:func:`~bridgetower.models.image_ops.pad_images`), each with its own mask:
+    ``pixel_mask_2`` marks the pixels of the second image. No MLM masking or ITM negatives.
     """
 
     def __init__(self, collator: PretrainingCollator) -> None:
-        if not hasattr(collator, "collate"):
+        if not (hasattr(collator, "collate") and hasattr(collator, "image_of")):
             raise TypeError(
-                f"collator must be a PretrainingCollator (with .collate), got {type(collator).__name__}"
+                "collator must be a PretrainingCollator (with .collate and .image_of), got "
+                f"{type(collator).__name__}"
             )
         self.collator = collator
 
@@ -861,31 +584,13 @@ class TaskCollator:
         if all(isinstance(s.get("question_id"), int) for s in kept):
             batch["question_ids"] = torch.tensor([s["question_id"] for s in kept], dtype=torch.long)
         if all("pixel_values_2" in s or "image_2" in s for s in kept):
-            second = self.collator.collate(
-                [
-                    {
-                        "input_ids": torch.zeros(1, dtype=torch.long),
-                        "pixel_values": s["pixel_values_2"],
-                    }
-                    if "pixel_values_2" in s
-                    else {"input_ids": torch.zeros(1, dtype=torch.long), "image": s["image_2"]}
-                    for s in kept
-                ]
-            )
-            px, pm = second["pixel_values"], second["pixel_mask"]
-            h = max(px.shape[-2], batch["pixel_values"].shape[-2])
-            w = max(px.shape[-1], batch["pixel_values"].shape[-1])
-            for key, val, mask in (
-                ("", batch["pixel_values"], batch["pixel_mask"]),
-                ("_2", px, pm),
-            ):
-                if val.shape[-2:] != (h, w):
-                    pv = val.new_zeros(val.shape[:-2] + (h, w))
-                    pv[..., : val.shape[-2], : val.shape[-1]] = val
-                    mk = mask.new_zeros(mask.shape[:-2] + (h, w))
-                    mk[..., : mask.shape[-2], : mask.shape[-1]] = mask
-                    val, mask = pv, mk
-                batch[f"pixel_values{key}"], batch[f"pixel_mask{key}"] = val, mask
+            second = [self.collator.image_of(s, "_2") for s in kept]
+            h = max([batch["pixel_values"].shape[-2]] + [im.shape[-2] for im in second])
+            w = max([batch["pixel_values"].shape[-1]] + [im.shape[-1] for im in second])
+            batch["pixel_values_2"], batch["pixel_mask_2"] = pad_images(second, size=(h, w))
+            if batch["pixel_values"].shape[-2:] != (h, w):  # a larger second image: pad the first ones to it
+                first = [self.collator.image_of(s) for s in kept]
+                batch["pixel_values"], batch["pixel_mask"] = pad_images(first, size=(h, w))
         return batch
 
     def __repr__(self) -> str:

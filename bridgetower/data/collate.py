@@ -48,6 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bridgetower.models.image_ops import pad_images
+
 from .stats import SKIP_REASONS, Skipped
 
 __all__ = [
@@ -469,15 +471,20 @@ class PretrainingCollator:
             return torch.as_tensor(enc["input_ids"], dtype=torch.long)
         raise ValueError(f"a sample needs 'input_ids' or 'caption', got keys {sorted(sample)}")
 
-    def _image(self, sample: Mapping[str, Any]) -> Tensor:
-        if "pixel_values" in sample:
-            px = sample["pixel_values"]
-        elif "image" in sample:
+    def image_of(self, sample: Mapping[str, Any], suffix: str = "") -> Tensor:
+        """The ``(C, H, W)`` image of ``sample``: its ``pixel_values<suffix>``, or its PIL
+        ``image<suffix>`` through the collator's transform (``suffix="_2"``: NLVR2's second
+        image)."""
+        if f"pixel_values{suffix}" in sample:
+            px = sample[f"pixel_values{suffix}"]
+        elif f"image{suffix}" in sample:
             if self.transform is None:
                 raise ValueError("samples carry a PIL image but the collator has no transform")
-            px = self.transform(sample["image"])
+            px = self.transform(sample[f"image{suffix}"])
         else:
-            raise ValueError(f"a sample needs 'pixel_values' or 'image', got keys {sorted(sample)}")
+            raise ValueError(
+                f"a sample needs 'pixel_values{suffix}' or 'image{suffix}', got keys {sorted(sample)}"
+            )
         if not isinstance(px, Tensor) or px.dim() != 3:
             raise ValueError(
                 f"pixel_values must be a (C, H, W) tensor, got {getattr(px, 'shape', type(px).__name__)}"
@@ -500,7 +507,7 @@ class PretrainingCollator:
         if not kept:
             return {"skipped": skipped}
         texts = [self._text(s) for s in kept]
-        images = [self._image(s) for s in kept]
+        images = [self.image_of(s) for s in kept]
         b = len(kept)
 
         length = max(t.numel() for t in texts)
@@ -512,23 +519,7 @@ class PretrainingCollator:
             input_ids[i, : t.numel()] = t
             attention_mask[i, : t.numel()] = 1
 
-        channels = {im.shape[0] for im in images}
-        if len(channels) != 1:
-            raise ValueError(
-                f"images in a batch must have the same number of channels, got {sorted(channels)}"
-            )
-        h = max(im.shape[1] for im in images)
-        w = max(im.shape[2] for im in images)
-        dtype = images[0].dtype
-        if all(im.shape[1:] == (h, w) for im in images):
-            pixel_values = torch.stack([im.to(dtype) for im in images])
-            pixel_mask = torch.ones((b, h, w), dtype=torch.long)
-        else:
-            pixel_values = torch.zeros((b, channels.pop(), h, w), dtype=dtype)
-            pixel_mask = torch.zeros((b, h, w), dtype=torch.long)
-            for i, im in enumerate(images):
-                pixel_values[i, :, : im.shape[1], : im.shape[2]] = im
-                pixel_mask[i, : im.shape[1], : im.shape[2]] = 1
+        pixel_values, pixel_mask = pad_images(images)
 
         keys: dict[Any, int] = {}
         image_ids = torch.tensor(

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset
 
 from .scenes import SceneConfig, alter_scene, make_scene
+from .sharding import WorkerShard, check_rank_world, current_shard
 from .stats import Skipped, SkipStats
 
 __all__ = [
@@ -47,13 +48,15 @@ __all__ = [
     "SceneITMEvalDataset",
     "ImageTextDataset",
     "WebDatasetPairs",
+    "expand_urls",
     "load_image",
     "read_index",
 ]
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+#: What decoding a corrupt or unreadable image raises (the datasets count it and go on).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def _check_max_length(max_length: int) -> int:
@@ -64,8 +67,13 @@ def _check_max_length(max_length: int) -> int:
     return max_length
 
 
-class _PairEncoder:
-    """Shared per-sample image transform and tokenisation."""
+class PairEncoder:
+    """The per-sample image transform and tokenisation every dataset of the package applies.
+
+    ``transform`` (PIL image -> ``(3, H, W)`` tensor) and ``tokenizer`` (a ``transformers``
+    tokenizer, truncating to ``max_length``) are optional: without a transform a sample
+    carries the PIL image under ``image``, without a tokenizer it has no ``input_ids``.
+    """
 
     def __init__(self, transform: Callable | None, tokenizer: Any, max_length: int) -> None:
         if transform is not None and not callable(transform):
@@ -78,15 +86,26 @@ class _PairEncoder:
         self.tokenizer = tokenizer
         self.max_length = _check_max_length(max_length)
 
-    def encode(self, image: Image.Image, caption: str, **extra: Any) -> dict[str, Any]:
-        sample: dict[str, Any] = {"caption": caption, **extra}
+    def visual(self, image: Image.Image, suffix: str = "") -> dict[str, Any]:
+        """``{"pixel_values<suffix>": transform(image)}``, or ``{"image<suffix>": image}``
+        without a transform."""
         if self.transform is not None:
-            sample["pixel_values"] = self.transform(image)
+            return {f"pixel_values{suffix}": self.transform(image)}
+        return {f"image{suffix}": image}
+
+    def tokens(self, text: str, pair: str | None = None) -> Tensor:
+        """The token ids of ``text`` (and ``pair``, a second segment), 1-D long, truncated."""
+        if pair is None:
+            enc = self.tokenizer(text, truncation=True, max_length=self.max_length)
         else:
-            sample["image"] = image
+            enc = self.tokenizer(text, pair, truncation=True, max_length=self.max_length)
+        return torch.as_tensor(enc["input_ids"], dtype=torch.long)
+
+    def encode(self, image: Image.Image, caption: str, **extra: Any) -> dict[str, Any]:
+        """``{"pixel_values" | "image", "caption", "input_ids" (with a tokenizer), **extra}``."""
+        sample: dict[str, Any] = {"caption": caption, **extra, **self.visual(image)}
         if self.tokenizer is not None:
-            ids = self.tokenizer(caption, truncation=True, max_length=self.max_length)["input_ids"]
-            sample["input_ids"] = torch.as_tensor(ids, dtype=torch.long)
+            sample["input_ids"] = self.tokens(caption)
         return sample
 
 
@@ -114,8 +133,18 @@ def check_size_seed(size: int, seed: int) -> None:
 
 
 class SeededSceneSet(Dataset):
-    """Shared plumbing of the synthetic-scene data sets: ``size`` items of the scene stream
-    ``seed``, a scene config, and the transform + tokenizer encoder."""
+    """Base of every synthetic-scene set (pairs, ITM evaluation, downstream tasks, uni-modal
+    classification): ``size`` items, item ``i`` generated from ``(seed, i)``.
+
+    Holds the size, the stream ``seed``, the scene ``config``, the transform + tokenizer
+    :class:`PairEncoder` (``self.encoder``) and an always-empty ``stats`` (synthetic data is
+    never skipped; kept for the API every dataset shares). Subclasses implement
+    ``__getitem__``: they map the index with :meth:`_index` (negative indices count from the
+    end) and draw their randomness from :meth:`_rng` (a generator per item, salted per set).
+    """
+
+    #: Mixed into :meth:`_rng`'s seed, so sets of one ``seed`` draw independent numbers.
+    _salt = 0
 
     def __init__(
         self,
@@ -128,11 +157,13 @@ class SeededSceneSet(Dataset):
         max_length: int = 50,
     ) -> None:
         check_size_seed(size, seed)
+        if config is not None and not isinstance(config, SceneConfig):
+            raise TypeError(f"config must be a SceneConfig, got {type(config).__name__}")
         self.size = size
         self.seed = seed
         self.config = config or SceneConfig()
-        self.encoder = _PairEncoder(transform, tokenizer, max_length)
-        self.stats = SkipStats()  # synthetic data is never skipped; kept for a uniform API
+        self.encoder = PairEncoder(transform, tokenizer, max_length)
+        self.stats = SkipStats()
 
     def __len__(self) -> int:
         return self.size
@@ -141,6 +172,14 @@ class SeededSceneSet(Dataset):
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for a dataset of {self.size} items")
         return index % self.size
+
+    def _rng(self, index: int, salt: int | None = None) -> np.random.Generator:
+        """The generator of item ``index``: seeded by ``(seed, index, salt)`` (default
+        :attr:`_salt`)."""
+        return np.random.default_rng([self.seed, index, self._salt if salt is None else salt])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, seed={self.seed})"
 
 
 class SyntheticSceneDataset(SeededSceneSet):
@@ -154,9 +193,6 @@ class SyntheticSceneDataset(SeededSceneSet):
         index = self._index(index)
         image, scene = make_scene(self.seed, index, self.config)
         return self.encoder.encode(image, scene.caption, scene=scene, image_id=index)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, seed={self.seed})"
 
 
 class SceneITMEvalDataset(SyntheticSceneDataset):
@@ -321,7 +357,7 @@ class ImageTextDataset(Dataset):
         self.root = Path(root) if root is not None else self.index_file.parent
         if not self.root.is_dir():
             raise ValueError(f"image root {str(self.root)!r} is not a directory")
-        self.encoder = _PairEncoder(transform, tokenizer, max_length)
+        self.encoder = PairEncoder(transform, tokenizer, max_length)
         self.stats = SkipStats()
 
     def __len__(self) -> int:
@@ -336,7 +372,7 @@ class ImageTextDataset(Dataset):
             return self.stats.add("missing_file", str(path))
         try:
             image = load_image(path)
-        except _IMAGE_ERRORS as e:
+        except IMAGE_ERRORS as e:
             return self.stats.add("unreadable_image", f"{path} ({type(e).__name__})")
         return self.encoder.encode(image, caption.strip(), image_id=image_rel)
 
@@ -348,7 +384,9 @@ class ImageTextDataset(Dataset):
 # WebDataset shards
 
 
-def _expand_urls(urls: str | Sequence[str]) -> list[str]:
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Shard URLs: brace patterns expanded (``shard-{000..009}.tar``), ``::`` separating
+    several patterns; a list of strings is taken as it is."""
     if isinstance(urls, (str, os.PathLike)):
         from braceexpand import braceexpand
 
@@ -368,8 +406,9 @@ class WebDatasetPairs(IterableDataset):
 
     Each shard is read by exactly one (rank, worker): the shard list (optionally shuffled per
     epoch with ``seed + epoch``, identically on every rank) is split as ``shards[rank::world]``,
-    then across ``DataLoader`` workers. ``rank``/``world_size`` default to
-    ``torch.distributed`` when it is initialised. Call :meth:`set_epoch` before each epoch.
+    then across ``DataLoader`` workers (:mod:`bridgetower.data.sharding`). ``rank``/``world_size``
+    default to ``torch.distributed`` when it is initialised. Call :meth:`set_epoch` before each
+    epoch.
 
     The image is the first of ``image_keys`` a sample has; the caption the first of
     ``caption_keys`` (a ``.json`` entry is read through ``json_caption_key``). Bad samples are
@@ -393,7 +432,7 @@ class WebDatasetPairs(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.urls = _expand_urls(urls)
+        self.urls = expand_urls(urls)
         if not self.urls:
             raise ValueError("no shard urls given")
         if not image_keys or not caption_keys:
@@ -401,18 +440,13 @@ class WebDatasetPairs(IterableDataset):
         self.image_keys = tuple(k.lower().lstrip(".") for k in image_keys)
         self.caption_keys = tuple(k.lower().lstrip(".") for k in caption_keys)
         self.json_caption_key = json_caption_key
-        self.encoder = _PairEncoder(transform, tokenizer, max_length)
+        self.encoder = PairEncoder(transform, tokenizer, max_length)
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         self.shuffle_shards = shuffle_shards
         self.shuffle_buffer = shuffle_buffer
         self.seed = int(seed)
-        if (rank is None) != (world_size is None):
-            raise ValueError("pass both rank and world_size, or neither")
-        if world_size is not None and not (0 <= rank < world_size):
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
+        check_rank_world(rank, world_size)
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
@@ -421,21 +455,15 @@ class WebDatasetPairs(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _rank_world(self) -> tuple[int, int]:
-        if self.world_size is not None:
-            return self.rank, self.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def shards_for(
         self, rank: int, world_size: int, worker: int = 0, num_workers: int = 1
     ) -> list[str]:
-        """The shards read by ``worker`` of ``rank`` in the current epoch."""
+        """The shards read by ``worker`` of ``rank`` in the current epoch
+        (:class:`~bridgetower.data.sharding.WorkerShard`)."""
         shards = list(self.urls)
         if self.shuffle_shards:
             random.Random(self.seed + self.epoch).shuffle(shards)
-        return shards[rank::world_size][worker::num_workers]
+        return WorkerShard(rank, world_size, worker, num_workers).take(shards)
 
     def _handler(self, exn: Exception) -> bool:
         # Called by webdataset on a broken stream or tar member: count and go on.
@@ -462,29 +490,19 @@ class WebDatasetPairs(IterableDataset):
             return self.stats.add("empty_caption", key)
         try:
             image = load_image(entries[img_key])
-        except _IMAGE_ERRORS as e:
+        except IMAGE_ERRORS as e:
             return self.stats.add("unreadable_image", f"{key} ({type(e).__name__})")
         return self.encoder.encode(image, text.strip(), image_id=key)
 
     def __iter__(self) -> Iterator[dict[str, Any] | Skipped]:
         import webdataset as wds
 
-        rank, world = self._rank_world()
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shards = self.shards_for(rank, world, worker, num_workers)
+        me = current_shard(self.rank, self.world_size)
+        shards = self.shards_for(me.rank, me.world_size, me.worker, me.num_workers)
         if not shards:
-            logger.warning(
-                "rank %d worker %d has no shard (%d shards for %d ranks x %d workers)",
-                rank,
-                worker,
-                len(self.urls),
-                world,
-                num_workers,
-            )
+            logger.warning("%s has no shard (%d shards)", me, len(self.urls))
             return
-        before = SkipStats()
-        before.merge(self.stats)
+        before = self.stats.as_dict()
         pipeline = wds.WebDataset(
             shards,
             handler=self._handler,
@@ -495,15 +513,12 @@ class WebDatasetPairs(IterableDataset):
         )
         if self.shuffle_buffer:
             pipeline = pipeline.shuffle(
-                self.shuffle_buffer, rng=random.Random(hash((self.seed, self.epoch, rank, worker)))
+                self.shuffle_buffer,
+                rng=random.Random(hash((self.seed, self.epoch, me.rank, me.worker))),
             )
         for raw in pipeline:
             yield self._decode(raw)
-        epoch_stats = SkipStats()
-        epoch_stats.add_counts(
-            {r: self.stats.counts[r] - before.counts[r] for r in self.stats.counts}
-        )
-        epoch_stats.report(logger, self.epoch)
+        self.stats.since(before).report(logger, self.epoch)
 
     def __repr__(self) -> str:
         return (

@@ -150,19 +150,12 @@ def build_downstream_tokenizer(base_tokenizer: Any = None, *, model_max_length: 
     return build_test_tokenizer(base_words + extra, model_max_length=model_max_length)
 
 
-def _rng(seed: int, index: int, salt: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(index), salt])
-
-
 class _SceneTaskDataset(SeededSceneSet):
-    """Shared plumbing: size, seed, scene config, transform + tokenizer."""
+    """A synthetic set whose item ``i`` shows scene ``2 i`` of the stream ``seed``."""
 
     def _scene(self, index: int, stream: int = 0) -> tuple[Image.Image, Scene]:
         # stream 0: the scene of the item; stream 1: a second scene (NLVR2's right image)
         return make_scene(self.seed, 2 * index + stream, self.config)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, seed={self.seed})"
 
 
 # ------------------------------------------------------------------------------- VQA
@@ -172,20 +165,18 @@ def vqa_question(scene: Scene, kind: str, rng: np.random.Generator) -> tuple[str
     """A question of type ``kind`` (one of :data:`VQA_QUESTION_TYPES`) about ``scene`` and its
     answer (a word of :data:`VQA_ANSWERS`).  Every question has exactly one right answer."""
     objs = scene.objects
-    if kind == "colour":
-        unique_shapes = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
-        if unique_shapes and rng.random() < 0.5:
-            o = unique_shapes[int(rng.integers(len(unique_shapes)))]
-            return f"what colour is the {o.shape}", o.colour
-        o = objs[int(rng.integers(len(objs)))]
-        return f"what colour is the object {_WHERE[o.position]}", o.colour
-    if kind == "shape":
-        unique_colours = [o for o in objs if sum(p.colour == o.colour for p in objs) == 1]
-        if unique_colours and rng.random() < 0.5:
-            o = unique_colours[int(rng.integers(len(unique_colours)))]
-            return f"what shape is the {o.colour} object", o.shape
-        o = objs[int(rng.integers(len(objs)))]
-        return f"what shape is the object {_WHERE[o.position]}", o.shape
+    if kind in ("colour", "shape"):
+        # name the object by its other attribute when that is unique in the scene (half the
+        # time), else by its position
+        other = "shape" if kind == "colour" else "colour"
+        unique = [o for o in objs if sum(getattr(p, other) == getattr(o, other) for p in objs) == 1]
+        if unique and rng.random() < 0.5:
+            o = unique[int(rng.integers(len(unique)))]
+            name = f"the {o.shape}" if kind == "colour" else f"the {o.colour} object"
+        else:
+            o = objs[int(rng.integers(len(objs)))]
+            name = f"the object {_WHERE[o.position]}"
+        return f"what {kind} is {name}", getattr(o, kind)
     if kind == "count":
         if rng.random() < 0.4:
             return "how many objects are there", _COUNT_WORDS[len(objs)]
@@ -218,7 +209,7 @@ class SceneVQADataset(_SceneTaskDataset):
         index = self._index(index)
         image, scene = self._scene(index)
         kind = self.question_types[index % len(self.question_types)]
-        question, answer = vqa_question(scene, kind, _rng(self.seed, index, 0x7A0))
+        question, answer = vqa_question(scene, kind, self._rng(index, 0x7A0))
         label = VQA_ANSWERS.index(answer)
         targets = torch.zeros(self.num_answers, dtype=torch.float32)
         targets[label] = 1.0
@@ -313,7 +304,7 @@ class SceneNLVR2Dataset(_SceneTaskDataset):
 
     def _pair(self, index: int) -> tuple[str, Scene, Scene, bool]:
         want = index % 2 == 0
-        statement, truth = nlvr2_statement(_rng(self.seed, index, 0x2F2), self.config)
+        statement, truth = nlvr2_statement(self._rng(index, 0x2F2), self.config)
         for k in range(_NLVR2_MAX_PAIRS):
             left = sample_scene(np.random.default_rng([self.seed, index, 0x2F3, k, 0]), self.config)
             right = sample_scene(np.random.default_rng([self.seed, index, 0x2F3, k, 1]), self.config)
@@ -328,10 +319,7 @@ class SceneNLVR2Dataset(_SceneTaskDataset):
         statement, left, right, truth = self._pair(index)
         left_img, right_img = render_scene(left), render_scene(right)
         sample = self.encoder.encode(left_img, statement, label=int(truth), image_id=index, scenes=(left, right))
-        if self.encoder.transform is not None:
-            sample["pixel_values_2"] = self.encoder.transform(right_img)
-        else:
-            sample["image_2"] = right_img
+        sample.update(self.encoder.visual(right_img, "_2"))  # pixel_values_2 | image_2
         return sample
 
 
@@ -378,7 +366,7 @@ class SceneSNLIVEDataset(_SceneTaskDataset):
         index = self._index(index)
         image, scene = self._scene(index)
         label = 2 - index % 3
-        hypothesis = snli_hypothesis(scene, label, _rng(self.seed, index, 0x5E1))
+        hypothesis = snli_hypothesis(scene, label, self._rng(index, 0x5E1))
         return self.encoder.encode(image, hypothesis, premise=scene.caption, label=label, image_id=index, scene=scene)
 
 
@@ -423,14 +411,11 @@ class SceneIRTRDataset(_SceneTaskDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)
         image, scene = self._scene(index)
-        rng = _rng(self.seed, index, 0x1A7)
+        rng = self._rng(index, 0x1A7)
         false = false_captions(scene, self.num_false_texts, rng, seed=self.seed, config=self.config)
         sample = self.encoder.encode(image, scene.caption, false_captions=false, image_id=index, scene=scene)
         if self.encoder.tokenizer is not None:
-            tok, n = self.encoder.tokenizer, self.encoder.max_length
-            sample["input_ids"] = [sample["input_ids"]] + [
-                torch.as_tensor(tok(c, truncation=True, max_length=n)["input_ids"], dtype=torch.long) for c in false
-            ]
+            sample["input_ids"] = [sample["input_ids"]] + [self.encoder.tokens(c) for c in false]
         return sample
 
 

@@ -88,6 +88,12 @@ class SkipStats:
     def as_dict(self) -> dict[str, int]:
         return {reason: int(self.counts.get(reason, 0)) for reason in SKIP_REASONS}
 
+    def since(self, before: Mapping[str, int]) -> SkipStats:
+        """The counts added after ``before`` (an earlier :meth:`as_dict`), e.g. one epoch's."""
+        out = SkipStats(self.max_examples)
+        out.add_counts({r: self.counts[r] - before.get(r, 0) for r in SKIP_REASONS})
+        return out
+
     def reset(self) -> None:
         self.counts.clear()
         self.examples.clear()

@@ -4,6 +4,7 @@ A thin per-sample wrapper around :class:`bridgetower.models.ImageProcessor` (the
 HF preprocessing: bicubic resize of the shorter side, centre crop, rescale, CLIP mean/std),
 so datasets can transform each image in ``DataLoader`` workers while batching and padding
 (``pixel_mask``) stay with the collator. Same pixels as calling the processor on the image.
+``CLIP_MEAN`` / ``CLIP_STD`` are re-exported from :mod:`bridgetower.models.image_ops`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ImageTransform"]
+from bridgetower.models.image_ops import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ImageTransform"]
 
 
 class ImageTransform:

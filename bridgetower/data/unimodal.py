@@ -42,10 +42,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from .datasets import SeededSceneSet
 from .scenes import (
     Scene,
     SceneConfig,
@@ -96,48 +95,10 @@ def describe_scene(scene: Scene, rng: np.random.Generator, *, shuffle: bool = Tr
     return " and ".join(_STYLES[int(rng.integers(len(_STYLES)))](o) for o in objs)
 
 
-def _check_size_seed(size: int, seed: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-
-
-def _check_tokenizer(tokenizer: Any) -> None:
-    if tokenizer is not None and not callable(tokenizer):
-        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
-
-
-class _SyntheticSet(Dataset):
-    _salt = 0
-
-    def __init__(self, size: int, *, seed: int = 0, config: SceneConfig | None = None) -> None:
-        _check_size_seed(size, seed)
-        if config is not None and not isinstance(config, SceneConfig):
-            raise TypeError(f"config must be a SceneConfig, got {type(config).__name__}")
-        self.size = size
-        self.seed = seed
-        self.config = config or SceneConfig()
-
-    def __len__(self) -> int:
-        return self.size
-
-    def _index(self, index: int) -> int:
-        if not -self.size <= index < self.size:
-            raise IndexError(f"index {index} out of range for a dataset of {self.size} items")
-        return index % self.size
-
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, index, self._salt])
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, seed={self.seed})"
-
-
 # ------------------------------------------------------------------------------- images
 
 
-class SceneImageClassification(_SyntheticSet):
+class SceneImageClassification(SeededSceneSet):
     """Single-object scenes labelled by shape or colour (the synthetic CIFAR; see the module
     doc).
 
@@ -147,31 +108,26 @@ class SceneImageClassification(_SyntheticSet):
         config: scene drawing (objects are forced to one per scene).
         transform: PIL image -> tensor (e.g. :class:`~bridgetower.data.ImageTransform`); without
             it the item carries the PIL ``image``.
+        (the other keyword arguments of :class:`~bridgetower.data.datasets.SeededSceneSet`
+        are accepted and unused)
 
     Item: ``{"pixel_values" | "image", "label", "image_id": i, "scene"}``.
     """
 
     _salt = 0x1C1A
 
-    def __init__(
-        self,
-        size: int,
-        *,
-        seed: int = 0,
-        attribute: str = "shape",
-        config: SceneConfig | None = None,
-        transform: Callable[[Image.Image], Tensor] | None = None,
-    ) -> None:
+    def __init__(self, size: int, *, attribute: str = "shape", **kwargs: Any) -> None:
         if attribute == "color":
             attribute = "colour"
         if attribute not in IMAGE_ATTRIBUTES:
             raise ValueError(f"attribute must be one of {IMAGE_ATTRIBUTES}, got {attribute!r}")
-        if transform is not None and not callable(transform):
-            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
-        super().__init__(size, seed=seed, config=config)
+        super().__init__(size, **kwargs)
         self.config = dataclasses.replace(self.config, min_objects=1, max_objects=1)
         self.attribute = attribute
-        self.transform = transform
+
+    @property
+    def transform(self) -> Callable | None:
+        return self.encoder.transform
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -188,31 +144,32 @@ class SceneImageClassification(_SyntheticSet):
         scene = sample_scene(self._rng(index), self.config)
         obj: SceneObject = dataclasses.replace(scene.objects[0], **{self.attribute: self.classes[label]})
         scene = dataclasses.replace(scene, objects=(obj,))
-        image = render_scene(scene)
-        item: dict[str, Any] = {"label": label, "image_id": index, "scene": scene}
-        if self.transform is not None:
-            item["pixel_values"] = self.transform(image)
-        else:
-            item["image"] = image
-        return item
+        return {"label": label, "image_id": index, "scene": scene, **self.encoder.visual(render_scene(scene))}
 
 
 # ------------------------------------------------------------------------------- texts
 
 
-class _TextSet(_SyntheticSet):
-    def __init__(self, size, *, seed=0, config=None, tokenizer=None, max_length: int = 50) -> None:
-        super().__init__(size, seed=seed, config=config)
-        _check_tokenizer(tokenizer)
+class _TextSet(SeededSceneSet):
+    """A text set: the :class:`~bridgetower.data.datasets.SeededSceneSet` keyword arguments
+    (``seed``, ``config``, ``tokenizer``, ``max_length`` >= 4)."""
+
+    def __init__(self, size: int, *, max_length: int = 50, **kwargs: Any) -> None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
             raise ValueError(f"max_length must be an int >= 4, got {max_length!r}")
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        super().__init__(size, max_length=max_length, **kwargs)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
 
     def _encode(self, item: dict[str, Any], text: str, pair: str | None = None) -> dict[str, Any]:
-        if self.tokenizer is not None:
-            enc = self.tokenizer(text, pair, truncation=True, max_length=self.max_length)
-            item["input_ids"] = torch.as_tensor(enc["input_ids"], dtype=torch.long)
+        if self.encoder.tokenizer is not None:
+            item["input_ids"] = self.encoder.tokens(text, pair)
         return item
 
 
@@ -226,17 +183,8 @@ class CaptionMentionDataset(_TextSet):
 
     _salt = 0x7E47
 
-    def __init__(
-        self,
-        size: int,
-        *,
-        seed: int = 0,
-        target: str = "red",
-        config: SceneConfig | None = None,
-        tokenizer: Any = None,
-        max_length: int = 50,
-    ) -> None:
-        super().__init__(size, seed=seed, config=config, tokenizer=tokenizer, max_length=max_length)
+    def __init__(self, size: int, *, target: str = "red", **kwargs: Any) -> None:
+        super().__init__(size, **kwargs)
         if target in self.config.colours:
             self.attribute, values = "colour", self.config.colours
         elif target in self.config.shapes:
@@ -297,17 +245,8 @@ class CaptionPairDataset(_TextSet):
 
     _salt = 0x9A12
 
-    def __init__(
-        self,
-        size: int,
-        *,
-        seed: int = 0,
-        alterations: Sequence[str] = PAIR_ALTERATIONS,
-        config: SceneConfig | None = None,
-        tokenizer: Any = None,
-        max_length: int = 50,
-    ) -> None:
-        super().__init__(size, seed=seed, config=config, tokenizer=tokenizer, max_length=max_length)
+    def __init__(self, size: int, *, alterations: Sequence[str] = PAIR_ALTERATIONS, **kwargs: Any) -> None:
+        super().__init__(size, **kwargs)
         alterations = tuple("colour" if a == "color" else a for a in alterations)
         bad = [a for a in alterations if a not in PAIR_ALTERATIONS]
         if bad or not alterations:

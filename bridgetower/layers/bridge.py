@@ -24,10 +24,12 @@ name                                 output
 ``cross_attention_ffn``              the above, then ``LN(h + FFN(h))``
 ==================================== ====================================================
 
-The five elementwise variants (and every variant whose last step is ``LN(u + v)``) run on the
-fused :func:`bridgetower.kernels.bridge_norm` op.  Their parameters are named so that a
-Hugging Face ``BridgeTowerLinkTower`` loads by a plain rename (see
-:func:`hf_link_tower_key_map` and :func:`convert_hf_link_tower_state_dict`).
+The five elementwise variants are one :func:`bridgetower.kernels.bridge_norm` call each, in
+the mode of the same name: their coefficient (name, shape, initial value) comes from the mode
+table :mod:`bridgetower.kernels.modes`, and ``bridge_norm`` validates their inputs.  Every
+other variant whose last step is ``LN(u + v)`` runs that step on the fused op too.  The
+rename from Hugging Face's ``BridgeTowerLinkTower`` lives with the converters
+(``bridgetower.models.layer_keys``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import bridge_norm
+from ..kernels import bridge_norm, check_bridge_norm_backend
+from ..kernels.modes import BRIDGE_MODES
+from ._compat import moved_names
+from .attention import MultiHeadAttention
 from .dropout import Dropout
+from .validation import check_positive_int
 
 __all__ = [
     "BRIDGES",
@@ -62,22 +68,17 @@ __all__ = [
     "ScaledAddBridge",
     "ScaledAddTensorBridge",
     "bridge_names",
-    "convert_hf_link_tower_state_dict",
     "create_bridge",
-    "hf_link_tower_key_map",
-    "rename_hf_link_tower_key",
 ]
 
 
-def _check_dim(dim: int) -> None:
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-        raise ValueError(f"bridge dim must be a positive int, got {dim!r}")
-
-
 class Bridge(nn.Module):
-    """Base class: the LayerNorm affine (``weight``, ``bias``), ``eps`` and input checks.
+    """Base class: the LayerNorm affine (``weight``, ``bias``), ``eps`` and the backend.
 
-    Subclasses implement :meth:`_merge` ``(x, z) -> (..., D)``.
+    ``__init__`` creates ``weight`` and ``bias``, calls :meth:`_build` (subclasses add their
+    parameters and submodules there) and then :meth:`reset_parameters`.  Subclasses
+    implement ``forward(x, z)`` or, to get the shape check of :meth:`_check` first,
+    :meth:`_merge`.
     """
 
     name: str = ""
@@ -92,13 +93,19 @@ class Bridge(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_dim(dim)
+        check_positive_int(type(self).__name__, dim=dim)
+        check_bridge_norm_backend(backend)
         self.dim = dim
         self.eps = float(eps)
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(dim, **factory))  # (D,)
         self.bias = nn.Parameter(torch.empty(dim, **factory))  # (D,)
+        self._build(factory)
+        self.reset_parameters()
+
+    def _build(self, factory: dict) -> None:
+        """Create the subclass's parameters / submodules (``factory``: device and dtype)."""
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -154,68 +161,60 @@ def _reset_tree(module: nn.Module) -> None:
 # ---------------------------------------------------------------- elementwise (fused kernel)
 
 
-class AddBridge(Bridge):
-    """``LN(x + z)`` -- the published BridgeTower bridge. Parameters ``weight``, ``bias``."""
-
-    name = "add"
-
-    def __init__(self, dim: int, *, eps: float = 1e-5, backend: str | None = None, device=None, dtype=None) -> None:
-        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
-        self.reset_parameters()
-
-    def _merge(self, x, z):
-        return bridge_norm(x, z, self.weight, self.bias, mode="add", eps=self.eps, backend=self.backend)
-
-
-class _CoefBridge(Bridge):
-    """An elementwise bridge with one learnable coefficient (0-d or per-channel)."""
+class _ModeBridge(Bridge):
+    """An elementwise bridge: one :func:`~bridgetower.kernels.bridge_norm` call in mode
+    ``mode``, with the coefficient the mode table declares (none, ``()`` or ``(D,)``).
+    No checks of its own: ``bridge_norm`` validates ``x`` and ``z``."""
 
     mode: str = ""
-    coef_name: str = ""
-    coef_init: float = 0.0
-    per_channel: bool = False
 
-    def __init__(self, dim: int, *, eps: float = 1e-5, backend: str | None = None, device=None, dtype=None) -> None:
-        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
-        shape = (dim,) if self.per_channel else ()
-        self.register_parameter(self.coef_name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-        self.reset_parameters()
+    def _build(self, factory: dict) -> None:
+        spec = BRIDGE_MODES[self.mode]
+        self.coef_name = spec.coef_name
+        if spec.has_coef:
+            coef = nn.Parameter(torch.empty(spec.coef_shape(self.dim), **factory))
+            self.register_parameter(spec.coef_name, coef)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        nn.init.constant_(getattr(self, self.coef_name), self.coef_init)
+        if self.coef_name is not None:
+            nn.init.constant_(getattr(self, self.coef_name), BRIDGE_MODES[self.mode].coef_init)
 
-    def _merge(self, x, z):
-        coef = getattr(self, self.coef_name)
-        return bridge_norm(x, z, self.weight, self.bias, coef, mode=self.mode, eps=self.eps, backend=self.backend)
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``x``: projected uni-modal feature (..., D); ``z``: previous cross-modal output (..., D)."""
+        coef = getattr(self, self.coef_name) if self.coef_name is not None else None
+        return bridge_norm(x, z, self.weight, self.bias, coef, mode=self.mode, eps=self.eps,
+                           backend=self.backend)
 
 
-class ScaledAddBridge(_CoefBridge):
+class AddBridge(_ModeBridge):
+    """``LN(x + z)`` -- the published BridgeTower bridge. Parameters ``weight``, ``bias``."""
+
+    name = mode = "add"
+
+
+class ScaledAddBridge(_ModeBridge):
     """``LN(scale * x + z)`` with a scalar ``scale`` (init 1.0)."""
 
     name = mode = "scaled_add"
-    coef_name, coef_init = "scale", 1.0
 
 
-class InterpolateBridge(_CoefBridge):
+class InterpolateBridge(_ModeBridge):
     """``LN((1 - beta) * x + beta * z)`` with a scalar ``beta`` (init 0.5)."""
 
     name = mode = "interpolate"
-    coef_name, coef_init = "beta", 0.5
 
 
-class ScaledAddTensorBridge(_CoefBridge):
+class ScaledAddTensorBridge(_ModeBridge):
     """``LN(scale * x + z)`` with a per-channel ``scale`` of shape (D,) (init 1.0)."""
 
     name = mode = "scaled_add_tensor"
-    coef_name, coef_init, per_channel = "scale", 1.0, True
 
 
-class InterpolateTensorBridge(_CoefBridge):
+class InterpolateTensorBridge(_ModeBridge):
     """``LN((1 - beta) * x + beta * z)`` with a per-channel ``beta`` of shape (D,) (init 0.5)."""
 
     name = mode = "interpolate_tensor"
-    coef_name, coef_init, per_channel = "beta", 0.5, True
 
 
 class GatedInterpolateBridge(Bridge):
@@ -223,10 +222,8 @@ class GatedInterpolateBridge(Bridge):
 
     name = "gated_interpolate"
 
-    def __init__(self, dim: int, *, eps: float = 1e-5, backend: str | None = None, device=None, dtype=None) -> None:
-        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
-        self.gate = nn.Linear(2 * dim, dim, device=device, dtype=dtype)
-        self.reset_parameters()
+    def _build(self, factory: dict) -> None:
+        self.gate = nn.Linear(2 * self.dim, self.dim, **factory)
 
     def _merge(self, x, z):
         g = torch.sigmoid(self.gate(torch.cat([x, z], dim=-1)))  # (..., D)
@@ -238,10 +235,6 @@ class ElementwiseProductBridge(Bridge):
     """``LN(x * z)``."""
 
     name = "elementwise_product"
-
-    def __init__(self, dim: int, *, eps: float = 1e-5, backend: str | None = None, device=None, dtype=None) -> None:
-        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
-        self.reset_parameters()
 
     def _merge(self, x, z):
         return self._norm(x * z)
@@ -273,30 +266,29 @@ class _ProjectedBridge(Bridge):
         hidden_dim: int | None = None,
         eps: float = 1e-5,
         backend: str | None = None,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
-        in_dim = 2 * dim if self.concat else dim
-        factory = {"device": device, "dtype": dtype}
         if self.mlp:
-            hidden = dim if hidden_dim is None else int(hidden_dim)
-            if hidden <= 0:
+            hidden_dim = dim if hidden_dim is None else int(hidden_dim)
+            if hidden_dim <= 0:
                 raise ValueError(f"{type(self).__name__}: hidden_dim must be positive, got {hidden_dim!r}")
-            self.hidden_dim = hidden
-            # D = Linear -> LN -> GELU -> Linear
+        elif hidden_dim is not None:
+            raise ValueError(f"{type(self).__name__} has no hidden layer; hidden_dim applies to mlp_* bridges only")
+        self.hidden_dim = hidden_dim  # a plain int, read by _build
+        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
+
+    def _build(self, factory: dict) -> None:
+        in_dim = 2 * self.dim if self.concat else self.dim
+        if self.mlp:  # D = Linear -> LN -> GELU -> Linear
             self.proj = nn.Sequential(
-                nn.Linear(in_dim, hidden, **factory),
-                nn.LayerNorm(hidden, eps=eps, **factory),
+                nn.Linear(in_dim, self.hidden_dim, **factory),
+                nn.LayerNorm(self.hidden_dim, eps=self.eps, **factory),
                 nn.GELU(),
-                nn.Linear(hidden, dim, **factory),
+                nn.Linear(self.hidden_dim, self.dim, **factory),
             )
         else:
-            if hidden_dim is not None:
-                raise ValueError(f"{type(self).__name__} has no hidden layer; hidden_dim applies to mlp_* bridges only")
-            self.hidden_dim = None
-            self.proj = nn.Linear(in_dim, dim, **factory)
-        self.reset_parameters()
+            self.proj = nn.Linear(in_dim, self.dim, **factory)
 
     def _merge(self, x, z):
         u = torch.cat([x, z], dim=-1) if self.concat else x + z  # (..., 2D) or (..., D)
@@ -380,42 +372,34 @@ class CrossAttentionBridge(Bridge):
         mlp_ratio: float = 4.0,
         eps: float = 1e-5,
         backend: str | None = None,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
-        from .attention import MultiHeadAttention  # written in parallel; imported on use
-
         heads = max(1, dim // 64) if num_heads is None else num_heads
         if not isinstance(heads, int) or heads <= 0 or dim % heads:
             raise ValueError(f"{type(self).__name__}: dim={dim} must be divisible by num_heads={num_heads!r}")
-        self.num_heads = heads
-        self.dropout = float(dropout)
-        self.attn = MultiHeadAttention(dim, heads, dropout=dropout, backend=attn_backend, device=device, dtype=dtype)
-        self.drop = Dropout(dropout)  # cheap CPU masks
-        if self.ffn:
-            hidden = int(round(mlp_ratio * dim))
-            if hidden <= 0:
-                raise ValueError(f"{type(self).__name__}: mlp_ratio={mlp_ratio} gives no hidden units")
-            self.mlp_ratio = float(mlp_ratio)
-            factory = {"device": device, "dtype": dtype}
-            self.fc1 = nn.Linear(dim, hidden, **factory)
-            self.fc2 = nn.Linear(hidden, dim, **factory)
-            self.ffn_norm = nn.LayerNorm(dim, eps=eps, **factory)
-        self.reset_parameters()
+        hidden = int(round(mlp_ratio * dim))
+        if self.ffn and hidden <= 0:
+            raise ValueError(f"{type(self).__name__}: mlp_ratio={mlp_ratio} gives no hidden units")
+        # plain values, read by _build
+        self.num_heads, self.dropout, self.attn_backend = heads, float(dropout), attn_backend
+        self.mlp_ratio, self._hidden = float(mlp_ratio), hidden
+        super().__init__(dim, eps=eps, backend=backend, device=device, dtype=dtype)
 
-    def _check(self, x, z):
-        if not isinstance(x, torch.Tensor) or not isinstance(z, torch.Tensor):
-            raise TypeError(f"{type(self).__name__} expects tensors x and z, got {type(x).__name__} and {type(z).__name__}")
-        if x.ndim != 3 or z.ndim != 3 or x.shape[0] != z.shape[0] or x.shape[-1] != self.dim or z.shape[-1] != self.dim:
-            raise ValueError(
-                f"{type(self).__name__}(dim={self.dim}): expected x (B, Lx, {self.dim}) and z (B, Lz, {self.dim}), "
-                f"got x {tuple(x.shape)} and z {tuple(z.shape)}"
-            )
+    def _build(self, factory: dict) -> None:
+        self.attn = MultiHeadAttention(self.dim, self.num_heads, dropout=self.dropout,
+                                       backend=self.attn_backend, **factory)
+        self.drop = Dropout(self.dropout)  # cheap CPU masks
+        if self.ffn:
+            self.fc1 = nn.Linear(self.dim, self._hidden, **factory)
+            self.fc2 = nn.Linear(self._hidden, self.dim, **factory)
+            self.ffn_norm = nn.LayerNorm(self.dim, eps=self.eps, **factory)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: (B, Lx, D) keys/values; ``z``: (B, Lz, D) queries; returns (B, Lz, D)."""
-        self._check(x, z)
+        """``x``: (B, Lx, D) keys/values; ``z``: (B, Lz, D) queries; returns (B, Lz, D).
+
+        No checks here: the attention validates ``x`` (its context) and ``z`` (its queries).
+        """
         a = self.drop(self.attn(z, context=x, key_padding_mask=key_padding_mask))  # (B, Lz, D)
         h = self._norm_add(a, z)
         if self.ffn:
@@ -492,57 +476,6 @@ def create_bridge(name: str, dim: int, **kwargs) -> Bridge:
     return BRIDGES[key](dim, **kwargs)
 
 
-# ---------------------------------------------------------------- Hugging Face names
-
-_HF_LINK_TOWER_RENAMES: dict[str, str] = {
-    "LayerNorm.weight": "weight",
-    "LayerNorm.bias": "bias",
-    "scaled_factor": "scale",
-    "beta": "beta",
-}
-
-
-def hf_link_tower_key_map() -> dict[str, str]:
-    """Suffix rename from HF ``BridgeTowerLinkTower`` to our elementwise bridges.
-
-    ``{"LayerNorm.weight": "weight", "LayerNorm.bias": "bias", "scaled_factor": "scale",
-    "beta": "beta"}`` (a fresh copy).
-    """
-    return dict(_HF_LINK_TOWER_RENAMES)
-
-
-def rename_hf_link_tower_key(key: str, *, reverse: bool = False) -> str | None:
-    """Rename one key (with any prefix, e.g. ``cross_modal_text_link_tower.0.LayerNorm.weight``).
-
-    ``reverse=True`` maps our names back to HF names.  Returns ``None`` if the key's last
-    component(s) are not a link-tower parameter.
-    """
-    table = _HF_LINK_TOWER_RENAMES if not reverse else {v: k for k, v in _HF_LINK_TOWER_RENAMES.items()}
-    for src, dst in table.items():
-        if key == src:
-            return dst
-        if key.endswith("." + src):
-            return key[: -len(src)] + dst
-    return None
-
-
-def convert_hf_link_tower_state_dict(
-    state_dict: dict[str, torch.Tensor], *, reverse: bool = False
-) -> dict[str, torch.Tensor]:
-    """Rename every key of a link-tower state dict (HF -> ours, or ours -> HF with ``reverse``).
-
-    Prefixes are kept.  A key that is not a link-tower parameter raises ``ValueError``
-    listing the offenders (nothing is silently dropped).
-    """
-    out: dict[str, torch.Tensor] = {}
-    bad: list[str] = []
-    for key, value in state_dict.items():
-        new = rename_hf_link_tower_key(key, reverse=reverse)
-        if new is None:
-            bad.append(key)
-        else:
-            out[new] = value
-    if bad:
-        valid = list(_HF_LINK_TOWER_RENAMES.values() if reverse else _HF_LINK_TOWER_RENAMES)
-        raise ValueError(f"not link-tower parameters: {bad}; expected keys ending in one of {valid}")
-    return out
+# The Hugging Face key tables moved to bridgetower.models.layer_keys (a layer holds no other
+# library's names); the old import paths still resolve, with a DeprecationWarning.
+__getattr__ = moved_names(__name__, "bridgetower.models.layer_keys", ("convert_hf_link_tower_state_dict", "hf_link_tower_key_map", "rename_hf_link_tower_key"), warn=True)

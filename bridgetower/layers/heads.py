@@ -1,4 +1,4 @@
-"""Task heads of BridgeTower and their losses.
+"""Task heads of BridgeTower (their losses are in :mod:`bridgetower.layers.losses`).
 
 ``H`` below is the cross-modal width; the *pooled* feature is the concatenation of the text
 and image poolers, ``(B, 2H)``.  Heads are sized by ``hidden_size = H`` and read their input
@@ -34,7 +34,6 @@ zero, LayerNorm (1, 0).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -42,28 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from . import losses as _losses
+from ._compat import moved_names
+from .validation import check_positive_int
 
-__all__ = [
-    "ContrastiveHeads",
-    "ContrastiveOutput",
-    "IRTRHead",
-    "ITCHead",
-    "ITMHead",
-    "MLMHead",
-    "NLVR2Head",
-    "Pooler",
-    "SNLIVEHead",
-    "VQAHead",
-    "contrastive_loss",
-    "irtr_loss",
-    "itc_loss",
-    "itm_loss",
-    "mlm_loss",
-    "nlvr2_loss",
-    "snli_loss",
-    "vqa_loss",
-]
+__all__ = ["ContrastiveHeads", "ContrastiveOutput", "IRTRHead", "ITCHead", "ITMHead", "MLMHead",
+           "NLVR2Head", "Pooler", "SNLIVEHead", "VQAHead", *_losses.__all__]
+
+
+# The losses lived here before bridgetower.layers.losses: they still resolve.
+__getattr__ = moved_names(__name__, _losses.__name__, _losses.__all__, warn=False)
 
 
 # ------------------------------------------------------------------ helpers
@@ -87,35 +74,13 @@ def _init_tree(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _check_positive(name: str, value: int, who: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{who}: {name} must be a positive int, got {value!r}")
-
-
-def _check_tensor(x, who: str, what: str) -> None:
+def _check_features(x: torch.Tensor, width: int, who: str, what: str, ndim: int | None = None) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who}: {what} must be a torch.Tensor, got {type(x).__name__}")
-
-
-def _check_features(x: torch.Tensor, width: int, who: str, what: str, ndim: int | None = None) -> None:
-    _check_tensor(x, who, what)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{who}: {what} must have {ndim} dims (..., {width}), got shape {tuple(x.shape)}")
     if x.ndim == 0 or x.shape[-1] != width:
         raise ValueError(f"{who}: {what} must have last dimension {width}, got shape {tuple(x.shape)}")
-
-
-def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None, who: str) -> None:
-    _check_tensor(logits, who, "logits")
-    _check_tensor(labels, who, "labels")
-    if logits.ndim != 2:
-        raise ValueError(f"{who}: logits must be (N, C), got shape {tuple(logits.shape)}")
-    if num_classes is not None and logits.shape[1] != num_classes:
-        raise ValueError(f"{who}: logits must have {num_classes} classes, got shape {tuple(logits.shape)}")
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"{who}: labels must be (N,) = ({logits.shape[0]},), got shape {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"{who}: labels must be an integer tensor of class indices, got {labels.dtype}")
 
 
 # ------------------------------------------------------------------ pooler
@@ -126,7 +91,7 @@ class Pooler(nn.Module):
 
     def __init__(self, hidden_size: int, *, init_std: float = 0.02, device=None, dtype=None) -> None:
         super().__init__()
-        _check_positive("hidden_size", hidden_size, "Pooler")
+        check_positive_int("Pooler", hidden_size=hidden_size)
         self.hidden_size = hidden_size
         self.init_std = init_std
         self.dense = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
@@ -178,8 +143,7 @@ class MLMHead(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        _check_positive("hidden_size", hidden_size, "MLMHead")
-        _check_positive("vocab_size", vocab_size, "MLMHead")
+        check_positive_int("MLMHead", hidden_size=hidden_size, vocab_size=vocab_size)
         self.hidden_size, self.vocab_size, self.eps, self.init_std = hidden_size, vocab_size, eps, init_std
         self.transform = MLMTransform(hidden_size, eps=eps, device=device, dtype=dtype)
         self.decoder = nn.Linear(hidden_size, vocab_size, bias=False, device=device, dtype=dtype)
@@ -219,57 +183,39 @@ class MLMHead(nn.Module):
         return f"{self.hidden_size}, vocab_size={self.vocab_size}, eps={self.eps:g}, tied={self.is_tied}"
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
-    """Cross-entropy over the masked positions: ``logits`` (..., V), ``labels`` (...).
-
-    Positions with ``labels == ignore_index`` do not count.  If no position counts, the loss is
-    a zero that still depends on ``logits`` (instead of PyTorch's NaN).
-    """
-    _check_tensor(logits, "mlm_loss", "logits")
-    _check_tensor(labels, "mlm_loss", "labels")
-    if logits.ndim < 2 or labels.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"mlm_loss: labels must have the shape of logits without the vocab dim; "
-            f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}"
-        )
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"mlm_loss: labels must be integer token ids, got {labels.dtype}")
-    flat_logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
-    flat_labels = labels.reshape(-1)  # (N,)
-    if not (flat_labels != ignore_index).any():
-        return flat_logits.sum() * 0.0
-    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=ignore_index)
-
-
 # ------------------------------------------------------------------ ITM
 
 
-class ITMHead(nn.Module):
-    """Image-text matching: ``fc`` = Linear(2H, 2) on the pooled feature; index 1 = match."""
+class _PooledLinear(nn.Module):
+    """``fc`` = Linear(2H, ``out_features``) on the pooled (B, 2H) feature."""
 
-    def __init__(self, hidden_size: int, *, init_std: float = 0.02, device=None, dtype=None) -> None:
+    out_features: int = 1
+
+    def __init__(self, hidden_size: int, *, init_std: float = 0.02,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        _check_positive("hidden_size", hidden_size, "ITMHead")
+        check_positive_int(type(self).__name__, hidden_size=hidden_size)
         self.hidden_size, self.init_std = hidden_size, init_std
-        self.fc = nn.Linear(2 * hidden_size, 2, device=device, dtype=dtype)
+        self.fc = nn.Linear(2 * hidden_size, self.out_features, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         _init_linear(self.fc, self.init_std)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``pooled``: (B, 2H) -> (B, 2) logits."""
-        _check_features(pooled, 2 * self.hidden_size, "ITMHead", "pooled", ndim=2)
+        """``pooled``: (B, 2H) -> (B, out_features)."""
+        _check_features(pooled, 2 * self.hidden_size, type(self).__name__, "pooled", ndim=2)
         return self.fc(pooled)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}"
 
 
-def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ITM logits ``(N, 2)`` with labels ``(N,)`` (1 = match, 0 = no match)."""
-    _check_logits_labels(logits, labels, 2, "itm_loss")
-    return F.cross_entropy(logits.float(), labels)
+class ITMHead(_PooledLinear):
+    """Image-text matching: ``fc`` = Linear(2H, 2) on the pooled feature; index 1 = match."""
+
+    out_features = 2
 
 
 # ------------------------------------------------------------------ contrastive
@@ -284,67 +230,6 @@ class _Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
-
-
-def _resolve_rank(rank: int | None) -> int:
-    if rank is not None:
-        return int(rank)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
-
-
-def itc_loss(
-    text_embeds: torch.Tensor,
-    image_embeds: torch.Tensor,
-    temperature: torch.Tensor | float,
-    *,
-    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    rank: int | None = None,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Symmetric image-text contrastive loss (official BridgeTower / ALBEF form).
-
-    ``text_embeds``, ``image_embeds``: (B, E) L2-normalised local features.  ``gather`` maps a
-    local (B, E) tensor to the (W*B, E) concatenation over ranks (e.g. an all-gather that keeps
-    the local gradient); the local block must sit at rows ``rank*B : (rank+1)*B``.  Logits are
-    ``image @ all_text.T / temperature`` and ``text @ all_image.T / temperature``; the loss is
-    the mean of the two cross-entropies.  ``labels``: (B,) indices into the gathered axis
-    (default ``arange(B) + rank*B``) or (B, W*B) soft targets (e.g. for several captions of
-    one image).
-    """
-    who = "itc_loss"
-    _check_tensor(text_embeds, who, "text_embeds")
-    _check_tensor(image_embeds, who, "image_embeds")
-    if text_embeds.ndim != 2 or text_embeds.shape != image_embeds.shape:
-        raise ValueError(
-            f"{who}: text_embeds and image_embeds must both be (B, E), got {tuple(text_embeds.shape)} "
-            f"and {tuple(image_embeds.shape)}"
-        )
-    b = text_embeds.shape[0]
-    if gather is None:
-        all_text, all_image, offset = text_embeds, image_embeds, 0
-    else:
-        all_text, all_image = gather(text_embeds), gather(image_embeds)
-        for name, t in (("text", all_text), ("image", all_image)):
-            if t.ndim != 2 or t.shape[1] != text_embeds.shape[1] or t.shape[0] % b:
-                raise ValueError(
-                    f"{who}: gather must return (W*B, E) with B={b}, E={text_embeds.shape[1]}; "
-                    f"got {tuple(t.shape)} for {name}"
-                )
-        offset = _resolve_rank(rank) * b
-        if offset + b > all_text.shape[0]:
-            raise ValueError(f"{who}: rank {offset // b} out of range for {all_text.shape[0] // b} gathered blocks")
-    n = all_text.shape[0]
-    if labels is None:
-        labels = torch.arange(b, device=text_embeds.device) + offset
-    elif labels.shape not in ((b,), (b, n)):
-        raise ValueError(f"{who}: labels must be ({b},) or ({b}, {n}), got {tuple(labels.shape)}")
-    if isinstance(temperature, torch.Tensor) and temperature.numel() != 1:
-        raise ValueError(f"{who}: temperature must be a scalar, got shape {tuple(temperature.shape)}")
-    logits_i2t = image_embeds.float() @ all_text.float().t() / temperature  # (B, W*B)
-    logits_t2i = text_embeds.float() @ all_image.float().t() / temperature  # (B, W*B)
-    return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
 
 
 class ITCHead(nn.Module):
@@ -372,8 +257,7 @@ class ITCHead(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        _check_positive("hidden_size", hidden_size, "ITCHead")
-        _check_positive("embed_dim", embed_dim, "ITCHead")
+        check_positive_int("ITCHead", hidden_size=hidden_size, embed_dim=embed_dim)
         if not 0 < min_temperature <= temperature <= max_temperature:
             raise ValueError(
                 f"ITCHead: need 0 < min_temperature <= temperature <= max_temperature, got "
@@ -420,11 +304,12 @@ class ITCHead(nn.Module):
         image_embeds: torch.Tensor,
         *,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        rank: int | None = None,
+        rank: int = 0,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:func:`itc_loss` with this head's clamped temperature."""
-        return itc_loss(text_embeds, image_embeds, self.effective_temperature(), gather=gather, rank=rank, labels=labels)
+        return _losses.itc_loss(text_embeds, image_embeds, self.effective_temperature(), gather=gather, rank=rank,
+                                labels=labels)
 
     def extra_repr(self) -> str:
         return (
@@ -438,29 +323,6 @@ class ContrastiveOutput(NamedTuple):
     image_embeds: torch.Tensor  # (B, E)
     cross_embeds: torch.Tensor  # (B, E)
     logits: torch.Tensor  # (B, 3, E): the three stacked as HF returns them
-
-
-def contrastive_loss(
-    text_embeds: torch.Tensor, image_embeds: torch.Tensor, cross_embeds: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    """HF ``BridgeTowerForContrastiveLearning`` loss.
-
-    With ``s = exp(logit_scale)`` and targets ``arange(B)``: the mean of the cross-entropies of
-    ``s * text @ image.T``, ``s * text @ cross.T`` and ``s * image @ cross.T`` (rows only).
-    """
-    who = "contrastive_loss"
-    for name, t in (("text_embeds", text_embeds), ("image_embeds", image_embeds), ("cross_embeds", cross_embeds)):
-        _check_tensor(t, who, name)
-    if text_embeds.ndim != 2 or not (text_embeds.shape == image_embeds.shape == cross_embeds.shape):
-        raise ValueError(
-            f"{who}: text, image and cross embeds must all be (B, E), got {tuple(text_embeds.shape)}, "
-            f"{tuple(image_embeds.shape)}, {tuple(cross_embeds.shape)}"
-        )
-    scale = logit_scale.exp()
-    labels = torch.arange(text_embeds.shape[0], device=text_embeds.device)
-    t, i, c = text_embeds.float(), image_embeds.float(), cross_embeds.float()
-    losses = [F.cross_entropy(a @ b.t() * scale, labels) for a, b in ((t, i), (t, c), (i, c))]
-    return (losses[0] + losses[1] + losses[2]) / 3.0
 
 
 class ContrastiveHeads(nn.Module):
@@ -483,8 +345,7 @@ class ContrastiveHeads(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        _check_positive("hidden_size", hidden_size, "ContrastiveHeads")
-        _check_positive("embed_dim", embed_dim, "ContrastiveHeads")
+        check_positive_int("ContrastiveHeads", hidden_size=hidden_size, embed_dim=embed_dim)
         self.hidden_size, self.embed_dim = hidden_size, embed_dim
         self.logit_scale_init, self.init_std = logit_scale_init, init_std
         factory = {"device": device, "dtype": dtype}
@@ -516,7 +377,7 @@ class ContrastiveHeads(nn.Module):
 
     def loss(self, out: ContrastiveOutput) -> torch.Tensor:
         """:func:`contrastive_loss` of a forward output with this head's ``logit_scale``."""
-        return contrastive_loss(out.text_embeds, out.image_embeds, out.cross_embeds, self.logit_scale)
+        return _losses.contrastive_loss(out.text_embeds, out.image_embeds, out.cross_embeds, self.logit_scale)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, embed_dim={self.embed_dim}"
@@ -525,32 +386,45 @@ class ContrastiveHeads(nn.Module):
 # ------------------------------------------------------------------ classifiers
 
 
-class _MLPClassifier(nn.Module):
-    """``classifier`` = Sequential(Linear(in, hidden), LayerNorm, GELU, Linear(hidden, out))."""
+class _PooledClassifier(nn.Module):
+    """``classifier`` = Sequential(Linear(in, hidden), LayerNorm, GELU, Linear(hidden, out))
+    on pooled features: ``in = in_mult * H`` and ``hidden = hidden_mult * H`` by default.
 
-    who = "classifier"
+    Args (of every subclass):
+        hidden_size: the cross-modal width ``H``.
+        num_outputs: classes (the subclasses name it and give it a default).
+        hidden_dim: the hidden width (default ``hidden_mult * H``).
+        eps: the LayerNorm eps; init_std: std of the Linear weights.
+        device, dtype: of the parameters.
+    """
+
+    in_mult: int = 2
+    hidden_mult: int = 2
 
     def __init__(
         self,
-        in_dim: int,
-        hidden_dim: int,
-        out_dim: int,
+        hidden_size: int,
+        num_outputs: int,
         *,
+        hidden_dim: int | None = None,
         eps: float = 1e-5,
         init_std: float = 0.02,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, v in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
-            _check_positive(name, v, type(self).__name__)
-        self.in_dim, self.hidden_dim, self.out_dim, self.eps, self.init_std = in_dim, hidden_dim, out_dim, eps, init_std
+        who = type(self).__name__
+        check_positive_int(who, hidden_size=hidden_size)
+        hidden_dim = self.hidden_mult * hidden_size if hidden_dim is None else hidden_dim
+        check_positive_int(who, hidden_dim=hidden_dim, num_outputs=num_outputs)
+        self.hidden_size, self.eps, self.init_std = hidden_size, eps, init_std
+        self.in_dim, self.hidden_dim, self.out_dim = self.in_mult * hidden_size, hidden_dim, num_outputs
         factory = {"device": device, "dtype": dtype}
         self.classifier = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, **factory),
+            nn.Linear(self.in_dim, hidden_dim, **factory),
             nn.LayerNorm(hidden_dim, eps=eps, **factory),
             nn.GELU(),
-            nn.Linear(hidden_dim, out_dim, **factory),
+            nn.Linear(hidden_dim, num_outputs, **factory),
         )
         self.reset_parameters()
 
@@ -558,7 +432,7 @@ class _MLPClassifier(nn.Module):
         _init_tree(self.classifier, self.init_std)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``pooled``: (B, in_dim) -> (B, out_dim) logits."""
+        """``pooled``: (B, in_dim) -> (B, num_outputs) logits."""
         _check_features(pooled, self.in_dim, type(self).__name__, "pooled", ndim=2)
         return self.classifier(pooled)
 
@@ -566,64 +440,27 @@ class _MLPClassifier(nn.Module):
         return f"in_dim={self.in_dim}, hidden_dim={self.hidden_dim}, out_dim={self.out_dim}"
 
 
-class VQAHead(_MLPClassifier):
+class VQAHead(_PooledClassifier):
     """VQA: (B, 2H) -> Linear(2H, 4H) -> LN -> GELU -> Linear(4H, num_answers) (3129 for VQAv2)."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_answers: int = 3129,
-        *,
-        hidden_dim: int | None = None,
-        eps: float = 1e-5,
-        init_std: float = 0.02,
-        device=None,
-        dtype=None,
-    ) -> None:
-        _check_positive("hidden_size", hidden_size, "VQAHead")
-        hd = 4 * hidden_size if hidden_dim is None else hidden_dim
-        super().__init__(2 * hidden_size, hd, num_answers, eps=eps, init_std=init_std, device=device, dtype=dtype)
-        self.hidden_size, self.num_answers = hidden_size, num_answers
+    in_mult, hidden_mult = 2, 4
+
+    def __init__(self, hidden_size: int, num_answers: int = 3129, **kwargs) -> None:
+        super().__init__(hidden_size, num_answers, **kwargs)
+        self.num_answers = num_answers
 
 
-def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits against soft answer scores, mean over all entries, times ``num_answers``.
-
-    ``logits``, ``targets``: (B, num_answers); targets in [0, 1].
-    """
-    _check_tensor(logits, "vqa_loss", "logits")
-    _check_tensor(targets, "vqa_loss", "targets")
-    if logits.ndim != 2 or targets.shape != logits.shape:
-        raise ValueError(
-            f"vqa_loss: logits and targets must both be (B, num_answers), got {tuple(logits.shape)} "
-            f"and {tuple(targets.shape)}"
-        )
-    if not targets.dtype.is_floating_point:
-        raise TypeError(f"vqa_loss: targets must be floating-point soft scores, got {targets.dtype}")
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * targets.shape[1]
-
-
-class NLVR2Head(_MLPClassifier):
+class NLVR2Head(_PooledClassifier):
     """NLVR2: the two pooled pairs concatenated, (B, 4H) -> Linear(4H, 3H) -> LN -> GELU -> 2.
 
     ``forward(pooled)`` with ``pooled`` (B, 4H), or ``forward(pooled_1, pooled_2)`` with two
     (B, 2H) tensors (image token types 1 and 2), concatenated in that order.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        *,
-        hidden_dim: int | None = None,
-        eps: float = 1e-5,
-        init_std: float = 0.02,
-        device=None,
-        dtype=None,
-    ) -> None:
-        _check_positive("hidden_size", hidden_size, "NLVR2Head")
-        hd = 3 * hidden_size if hidden_dim is None else hidden_dim
-        super().__init__(4 * hidden_size, hd, 2, eps=eps, init_std=init_std, device=device, dtype=dtype)
-        self.hidden_size = hidden_size
+    in_mult, hidden_mult = 4, 3
+
+    def __init__(self, hidden_size: int, **kwargs) -> None:
+        super().__init__(hidden_size, 2, **kwargs)
 
     def forward(self, pooled: torch.Tensor, pooled_2: torch.Tensor | None = None) -> torch.Tensor:
         if pooled_2 is not None:
@@ -635,57 +472,26 @@ class NLVR2Head(_MLPClassifier):
         return super().forward(pooled)
 
 
-class SNLIVEHead(_MLPClassifier):
+class SNLIVEHead(_PooledClassifier):
     """SNLI-VE: (B, 2H) -> Linear(2H, 2H) -> LN -> GELU -> Linear(2H, 3)."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_classes: int = 3,
-        *,
-        hidden_dim: int | None = None,
-        eps: float = 1e-5,
-        init_std: float = 0.02,
-        device=None,
-        dtype=None,
-    ) -> None:
-        _check_positive("hidden_size", hidden_size, "SNLIVEHead")
-        hd = 2 * hidden_size if hidden_dim is None else hidden_dim
-        super().__init__(2 * hidden_size, hd, num_classes, eps=eps, init_std=init_std, device=device, dtype=dtype)
-        self.hidden_size = hidden_size
+    in_mult, hidden_mult = 2, 2
 
-
-def nlvr2_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of NLVR2 logits (N, 2) with labels (N,) in {0, 1}."""
-    _check_logits_labels(logits, labels, 2, "nlvr2_loss")
-    return F.cross_entropy(logits.float(), labels)
-
-
-def snli_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of SNLI-VE logits (N, 3) with labels (N,) in {0, 1, 2}."""
-    _check_logits_labels(logits, labels, 3, "snli_loss")
-    return F.cross_entropy(logits.float(), labels)
+    def __init__(self, hidden_size: int, num_classes: int = 3, **kwargs) -> None:
+        super().__init__(hidden_size, num_classes, **kwargs)
 
 
 # ------------------------------------------------------------------ IRTR
 
 
-class IRTRHead(nn.Module):
+class IRTRHead(_PooledLinear):
     """Image-text retrieval ranking score: ``fc`` = Linear(2H, 1); (N, 2H) -> (N,) scores.
 
     :meth:`init_from_itm` copies the ITM head's "match" row (row 1), as the official
     fine-tuning does.
     """
 
-    def __init__(self, hidden_size: int, *, init_std: float = 0.02, device=None, dtype=None) -> None:
-        super().__init__()
-        _check_positive("hidden_size", hidden_size, "IRTRHead")
-        self.hidden_size, self.init_std = hidden_size, init_std
-        self.fc = nn.Linear(2 * hidden_size, 1, device=device, dtype=dtype)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        _init_linear(self.fc, self.init_std)
+    out_features = 1
 
     @torch.no_grad()
     def init_from_itm(self, itm_head: ITMHead) -> None:
@@ -701,30 +507,4 @@ class IRTRHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """``pooled``: (N, 2H) -> (N,) ranking scores."""
-        _check_features(pooled, 2 * self.hidden_size, "IRTRHead", "pooled", ndim=2)
-        return self.fc(pooled)[:, 0]
-
-    def extra_repr(self) -> str:
-        return f"{self.hidden_size}"
-
-
-def irtr_loss(scores: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
-    """Ranking loss over groups of 1 positive + K negatives: cross-entropy with target 0.
-
-    ``scores``: (B, 1+K) with the positive text first in every row, or flat (B*(1+K),) grouped
-    consecutively (then give ``group_size = 1+K``).
-    """
-    _check_tensor(scores, "irtr_loss", "scores")
-    if scores.ndim == 1:
-        if group_size is None or group_size < 2 or scores.shape[0] % group_size:
-            raise ValueError(
-                f"irtr_loss: flat scores of shape {tuple(scores.shape)} need group_size >= 2 dividing "
-                f"{scores.shape[0]}, got group_size={group_size!r}"
-            )
-        scores = scores.view(-1, group_size)  # (B, 1+K)
-    elif scores.ndim != 2 or scores.shape[1] < 2:
-        raise ValueError(f"irtr_loss: scores must be (B, 1+K) with K >= 1, got shape {tuple(scores.shape)}")
-    elif group_size is not None and group_size != scores.shape[1]:
-        raise ValueError(f"irtr_loss: group_size={group_size} disagrees with scores {tuple(scores.shape)}")
-    target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-    return F.cross_entropy(scores.float(), target)
+        return super().forward(pooled)[:, 0]

@@ -5,7 +5,9 @@ The post-LN sub-blocks of a BERT-style layer end in ``LayerNorm(x + residual)``.
 ``"add"``, which reads ``x`` and ``residual`` once and writes one output (the fused Triton
 kernel on a GPU, the PyTorch reference elsewhere), instead of materialising the sum first.
 Its parameters are named ``weight`` and ``bias`` like :class:`torch.nn.LayerNorm`, so
-LayerNorm state dicts load into it unchanged.
+LayerNorm state dicts load into it unchanged.  The module checks nothing per call:
+``bridge_norm`` validates its inputs once (shapes, dtypes, devices) and names them in its
+errors (``x`` and ``z`` there are ``x`` and ``residual`` here).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bridgetower.kernels import bridge_norm
+from ..kernels import bridge_norm, check_bridge_norm_backend
+from .validation import check_positive_int
 
 __all__ = ["AddLayerNorm"]
 
@@ -43,8 +46,8 @@ class AddLayerNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"AddLayerNorm: dim must be a positive int, got {dim!r}")
+        check_positive_int("AddLayerNorm", dim=dim)
+        check_bridge_norm_backend(backend)
         self.dim = dim
         self.eps = float(eps)
         self.elementwise_affine = elementwise_affine
@@ -63,16 +66,7 @@ class AddLayerNorm(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if x.shape != residual.shape:
-            raise ValueError(
-                f"AddLayerNorm: x and residual must have the same shape, got "
-                f"{tuple(x.shape)} and {tuple(residual.shape)}"
-            )
-        if x.shape[-1] != self.dim:
-            raise ValueError(
-                f"AddLayerNorm: expected last dimension {self.dim}, got input of shape "
-                f"{tuple(x.shape)}"
-            )
+        """``x``, ``residual``: ``(..., dim)`` of one shape (checked by ``bridge_norm``)."""
         return bridge_norm(x, residual, self.weight, self.bias, mode="add", eps=self.eps,
                            backend=self.backend)
 

@@ -1,58 +1,52 @@
-"""BridgeTower models: configs, encoders, task models, checkpoint conversion. See docs/architecture.md."""
+"""BridgeTower models: configs, towers, the encoder and task models, checkpoint conversion,
+the processor.  Every public name of the submodules below (their ``__all__``) is importable
+from here, listed once, in the module that defines it.  See docs/architecture.md.
+"""
 
-from .bridgetower import BridgeTowerModel, BridgeTowerOutput, patch_mask_from_pixel_mask
-from .config import BridgeTowerConfig, FusionConfig, TextConfig, VisionConfig, apply_overrides
-from .factory import create_model, get_config, list_models, register_config
-from .processor import BridgeTowerProcessor, ImageProcessor
-from .tasks import (
-    TASK_MODELS,
-    BridgeTowerContrastiveOutput,
-    BridgeTowerForContrastiveLearning,
-    BridgeTowerForImageAndTextRetrieval,
-    BridgeTowerForIRTR,
-    BridgeTowerForMaskedLM,
-    BridgeTowerForNLVR2,
-    BridgeTowerForPretraining,
-    BridgeTowerForSNLIVE,
-    BridgeTowerForVisualQuestionAnswering,
-    BridgeTowerPretrainingOutput,
-    TaskOutput,
+from . import (
+    base,
+    config,
+    downstream,
+    factory,
+    layer_keys,
+    model,
+    outputs,
+    pretraining,
+    processor,
+    task_base,
+    tasks,
+    tokenizer,
+    towers,
+    unimodal,
 )
-from .text import TransformersTextEncoder
-from .tokenizer import build_test_tokenizer
-from .unimodal import BridgeTowerForImageClassification, BridgeTowerForTextClassification
-from .vision import OpenCLIPVisionEncoder
+from .base import *  # noqa: F403
+from .config import *  # noqa: F403
+from .downstream import *  # noqa: F403
+from .factory import *  # noqa: F403
+from .layer_keys import *  # noqa: F403
+from .model import *  # noqa: F403
+from .outputs import *  # noqa: F403
+from .pretraining import *  # noqa: F403
+from .processor import *  # noqa: F403
+from .task_base import *  # noqa: F403
+from .tasks import *  # noqa: F403
+from .tokenizer import *  # noqa: F403
+from .towers import *  # noqa: F403
+from .unimodal import *  # noqa: F403
 
 __all__ = [
-    "TASK_MODELS",
-    "BridgeTowerConfig",
-    "BridgeTowerContrastiveOutput",
-    "BridgeTowerForContrastiveLearning",
-    "BridgeTowerForIRTR",
-    "BridgeTowerForImageAndTextRetrieval",
-    "BridgeTowerForMaskedLM",
-    "BridgeTowerForNLVR2",
-    "BridgeTowerForPretraining",
-    "BridgeTowerForImageClassification",
-    "BridgeTowerForSNLIVE",
-    "BridgeTowerForTextClassification",
-    "BridgeTowerForVisualQuestionAnswering",
-    "BridgeTowerModel",
-    "BridgeTowerOutput",
-    "BridgeTowerPretrainingOutput",
-    "BridgeTowerProcessor",
-    "FusionConfig",
-    "ImageProcessor",
-    "OpenCLIPVisionEncoder",
-    "TaskOutput",
-    "TextConfig",
-    "TransformersTextEncoder",
-    "VisionConfig",
-    "apply_overrides",
-    "build_test_tokenizer",
-    "create_model",
-    "get_config",
-    "list_models",
-    "patch_mask_from_pixel_mask",
-    "register_config",
+    *base.__all__,
+    *config.__all__,
+    *factory.__all__,
+    *model.__all__,
+    *outputs.__all__,
+    *task_base.__all__,
+    *tasks.__all__,
+    *pretraining.__all__,
+    *downstream.__all__,
+    *unimodal.__all__,
+    *towers.__all__,
+    *processor.__all__,
+    *tokenizer.__all__,
+    *layer_keys.__all__,
 ]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "BridgeTowerConfig",
     "FusionConfig",
     "TextConfig",
+    "TEXT_FIELDS_TO_HF",
     "VisionConfig",
     "apply_overrides",
 ]
@@ -144,13 +146,40 @@ class VisionConfig(_ConfigMixin):
         return cls(**values)
 
 
+#: :class:`TextConfig` field -> the ``transformers`` (BERT/RoBERTa) config field: the one
+#: mapping used by :meth:`TextConfig.to_transformers`, :meth:`TextConfig.from_transformers`
+#: and the checkpoint converters.
+TEXT_FIELDS_TO_HF: dict[str, str] = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "hidden_act": "hidden_act",
+    "max_position_embeddings": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size",
+    "layer_norm_eps": "layer_norm_eps",
+    "dropout": "hidden_dropout_prob",
+    "attn_dropout": "attention_probs_dropout_prob",
+    "pad_token_id": "pad_token_id",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+}
+
+# Keys written by earlier versions that no longer exist; dropped on load, with a warning.
+_LEGACY_TEXT_KEYS = {
+    "attn_implementation": "the text tower's attention now follows the model's attn_backend",
+}
+
+
 @dataclass(frozen=True)
 class TextConfig(_ConfigMixin):
     """A ``transformers`` encoder built from its config (``AutoModel.from_config``).
 
-    The named fields follow the BERT/RoBERTa config names; ``extra`` is passed through to the
-    ``transformers`` config unchanged (for other encoder families).  ``attn_implementation``
-    is the ``transformers`` attention implementation (``"sdpa"`` or ``"eager"``).
+    The named fields follow the BERT/RoBERTa config names (see :data:`TEXT_FIELDS_TO_HF`);
+    ``extra`` is passed through to the ``transformers`` config unchanged (for other encoder
+    families).  Attention is not configured here: the text tower runs the model's one
+    attention backend (:attr:`BridgeTowerConfig.attn_backend`).
     """
 
     model_type: str = "roberta"
@@ -168,7 +197,6 @@ class TextConfig(_ConfigMixin):
     pad_token_id: int = 1
     bos_token_id: int = 0
     eos_token_id: int = 2
-    attn_implementation: str = "sdpa"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -177,34 +205,42 @@ class TextConfig(_ConfigMixin):
                 f"TextConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
-        if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(
-                f"TextConfig.attn_implementation must be 'sdpa' or 'eager', got "
-                f"{self.attn_implementation!r}"
-            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextConfig:
+        if isinstance(data, dict) and any(k in data for k in _LEGACY_TEXT_KEYS):
+            data = dict(data)
+            for key, why in _LEGACY_TEXT_KEYS.items():
+                if key in data:
+                    warnings.warn(f"TextConfig: ignoring the old key {key!r} ({why})", stacklevel=3)
+                    del data[key]
+        return super().from_dict(data)
+
+    def to_transformers_kwargs(self) -> dict[str, Any]:
+        """The ``transformers`` config fields of this encoder (``extra`` included)."""
+        kwargs = {hf: getattr(self, ours) for ours, hf in TEXT_FIELDS_TO_HF.items()}
+        kwargs.update(self.extra)
+        return kwargs
 
     def to_transformers(self):
         """The ``transformers`` ``PretrainedConfig`` of this encoder."""
         from transformers import AutoConfig
 
-        kwargs = dict(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_act=self.hidden_act,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            layer_norm_eps=self.layer_norm_eps,
-            hidden_dropout_prob=self.dropout,
-            attention_probs_dropout_prob=self.attn_dropout,
-            pad_token_id=self.pad_token_id,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
-        )
-        kwargs.update(self.extra)
-        return AutoConfig.for_model(self.model_type, **kwargs)
+        return AutoConfig.for_model(self.model_type, **self.to_transformers_kwargs())
+
+    @classmethod
+    def from_transformers(cls, hf_config: Any, **overrides: Any) -> TextConfig:
+        """From a ``transformers`` config object or dict (missing fields keep our defaults);
+        ``overrides`` win."""
+        def get(name):
+            return hf_config.get(name) if isinstance(hf_config, dict) else getattr(hf_config, name, None)
+
+        values = {ours: get(hf) for ours, hf in TEXT_FIELDS_TO_HF.items() if get(hf) is not None}
+        model_type = get("model_type")
+        if model_type:
+            values["model_type"] = model_type
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -224,7 +260,7 @@ class FusionConfig(_ConfigMixin):
     hidden_act: str = "gelu"
     dropout: float = 0.1
     attn_dropout: float = 0.1
-    bridge: str = "add"
+    bridge: str | tuple[str, ...] = "add"
     layer_norm_eps: float = 1e-12
     bridge_layer_norm_eps: float = 1e-5
     num_token_types: int = 2
@@ -237,6 +273,13 @@ class FusionConfig(_ConfigMixin):
                 f"FusionConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
+        if not isinstance(self.bridge, str):  # one name per bridge (a JSON list)
+            object.__setattr__(self, "bridge", tuple(self.bridge))
+            if len(self.bridge) != self.num_layers - 1:
+                raise ValueError(
+                    f"FusionConfig.bridge: a list needs num_layers - 1 = {self.num_layers - 1} names, "
+                    f"got {len(self.bridge)}"
+                )
         if self.num_token_types not in (2, 3):
             raise ValueError(f"FusionConfig.num_token_types must be 2 or 3, got {self.num_token_types}")
 
@@ -260,8 +303,8 @@ class BridgeTowerConfig(_ConfigMixin):
     HF 1e-5).  ``itc_dim``/``itc_temperature`` are the official ITC head (256, 0.07;
     ``itc_dim=0``: no ITC head);
     ``contrastive_dim``/``logit_scale_init`` the HF contrastive heads (512, 2.6592).
-    ``attn_backend`` (``None`` = automatic) selects the attention backend of the fusion layers
-    and the vision tower (and ``"math"`` also switches the text encoder to eager attention);
+    ``attn_backend`` (``None`` = automatic) is the one attention backend of the whole model:
+    the fusion layers, the vision tower and the text tower all use it;
     ``gradient_checkpointing`` recomputes every tower and cross layer in the backward pass.
     """
 

@@ -82,19 +82,16 @@ def create_model(
             The checkpoint's own architecture is used; ``name`` only checks it matches
             nothing -- pass the overrides you need.
         task: ``"base"`` (:class:`BridgeTowerModel`), ``"itm"``, ``"mlm"``, ``"contrastive"``,
-            ``"pretraining"``, ``"vqa"``, ``"nlvr2"``, ``"snli_ve"``, ``"irtr"``.
+            ``"pretraining"``, ``"vqa"``, ``"nlvr2"``, ``"snli-ve"``, ``"irtr"``
+            (:data:`~bridgetower.models.tasks.TASK_MODELS`; ``_`` may stand for ``-``).
         device, dtype: of the parameters (random init only).
         strict: for ``pretrained``: raise when checkpoint keys do not match.
         **overrides: config overrides: top-level fields, ``sub={"field": v}`` dicts merged into
             a sub-config, or dotted ``"sub.field"`` keys (``**{"fusion.num_layers": 2}``).
     """
-    from .tasks import TASK_MODELS
+    from .tasks import get_task_model
 
-    if task not in TASK_MODELS:
-        close = difflib.get_close_matches(str(task), list(TASK_MODELS), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown task {task!r}.{hint} Valid tasks: {', '.join(TASK_MODELS)}")
-    cls = TASK_MODELS[task]
+    cls = get_task_model(task)
     if pretrained is not None:
         get_config(name)  # the name must exist
         model = cls.from_pretrained(pretrained, strict=strict, **overrides)

@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "BridgeTowerProcessor", "ImageProcessor", "resize_output_size"]
+from .image_ops import CLIP_MEAN, CLIP_STD, pad_images
 
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["CLIP_MEAN", "CLIP_STD", "BridgeTowerProcessor", "ImageProcessor", "resize_output_size"]
 
 _RESAMPLE_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 _PIL_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -197,14 +196,8 @@ class ImageProcessor:
     def pad(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Zero-pad (3, H_i, W_i) arrays at the bottom/right to the batch maximum; returns
         ``(pixel_values (B, 3, H, W), pixel_mask (B, H, W) int64)``."""
-        max_h = max(im.shape[1] for im in images)
-        max_w = max(im.shape[2] for im in images)
-        values = np.zeros((len(images), 3, max_h, max_w), dtype=np.float32)
-        mask = np.zeros((len(images), max_h, max_w), dtype=np.int64)
-        for i, im in enumerate(images):
-            values[i, :, : im.shape[1], : im.shape[2]] = im
-            mask[i, : im.shape[1], : im.shape[2]] = 1
-        return values, mask
+        values, mask = pad_images(images, dtype=torch.float32)
+        return values.numpy(), mask.numpy()
 
     def __call__(
         self,

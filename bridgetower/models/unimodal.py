@@ -31,7 +31,7 @@ Build one from a vision-language model with :meth:`~_UniModalClassifier.from_bri
 ``bridgetower``), or from a checkpoint with :meth:`~_UniModalClassifier.from_pretrained`
 (our directories of any task model, a Hugging Face BridgeTower, an official ``.ckpt``, or a
 saved classifier of the same class).  :meth:`~_UniModalClassifier.save_pretrained` writes our
-format (``config.json`` with ``task`` ``"image_cls"`` / ``"text_cls"`` and ``num_labels``,
+format (``config.json`` with ``task`` ``"image-cls"`` / ``"text-cls"`` and ``num_labels``,
 plus ``model.safetensors``).
 """
 
@@ -46,10 +46,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
+from .base import BatchSpec, BridgeTowerPreTrainedModel
 from .config import BridgeTowerConfig
-from .text import TransformersTextEncoder
-from .vision import OpenCLIPVisionEncoder, resize_pos_embed
+from .convert.adapt import copy_weights
+from .task_base import normalize_task_name
+from .towers.text import TransformersTextEncoder
+from .towers.vision import OpenCLIPVisionEncoder, resize_pos_embed
 
 logger = logging.getLogger(__name__)
 
@@ -143,27 +147,25 @@ def _check_sizes(**sizes: int) -> None:
 
 
 @dataclass
-class ClassificationOutput:
-    """``logits`` (B, num_labels), ``loss`` when labels were given, and ``features`` (B, D):
-    the CLS feature the head read."""
+class ClassificationOutput(ModelOutput):
+    """``loss`` when labels were given, ``logits`` (B, num_labels), and ``features`` (B, D):
+    the CLS feature the head read.  Behaves like ``transformers``' ``ModelOutput``."""
 
-    logits: torch.Tensor
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
     features: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------- base
 
 
-class _UniModalClassifier(nn.Module):
+class _UniModalClassifier(BridgeTowerPreTrainedModel):
     """Shared construction, loading and saving of the two uni-modal classifiers."""
 
     #: ``task`` written to ``config.json``.
     task_name: str = ""
     #: name of the tower attribute (also the state-dict prefix shared with BridgeTowerModel).
     tower_name: str = ""
-    #: parameter-name prefixes of the head, for the optimizer's learning-rate groups.
-    head_prefixes: tuple[str, ...] = ()
 
     def __init__(self, config: BridgeTowerConfig, *, num_labels: int) -> None:
         super().__init__()
@@ -180,6 +182,14 @@ class _UniModalClassifier(nn.Module):
     def set_gradient_checkpointing(self, enable: bool = True) -> None:
         """Recompute the tower's blocks in the backward pass (less memory)."""
         self.tower.set_gradient_checkpointing(enable)
+
+    def parameter_roles(self) -> dict[str, str]:
+        """The tower is ``"uni_modal"``, the classifier ``"head"``."""
+        prefix = self.tower_name + "."
+        return {n: "uni_modal" if n.startswith(prefix) else "head" for n, _ in self.named_parameters()}
+
+    def fsdp_unit_types(self) -> tuple[type[nn.Module], ...]:
+        return self.tower.block_types()
 
     # ------------------------------------------------------------------ building
 
@@ -214,7 +224,8 @@ class _UniModalClassifier(nn.Module):
         if image_size is not None and cls.tower_name == "vision_model":
             over["vision.image_size"] = image_size
         model = cls(config.replace(**over) if over else config, num_labels=num_labels, **head_kwargs)
-        model.load_report = _copy_tower(getattr(encoder, cls.tower_name), model.tower, cls.tower_name)
+        tower = getattr(encoder, cls.tower_name)
+        model.load_report = copy_weights(model.tower, tower.state_dict(), what=cls.tower_name).as_dict()
         return model
 
     @classmethod
@@ -239,11 +250,12 @@ class _UniModalClassifier(nn.Module):
         """
         if isinstance(source, (str, Path)) and Path(source).is_dir():
             meta = _read_meta(Path(source))
-            if meta.get("format") == _FORMAT and meta.get("task") == cls.task_name:
+            saved_task = normalize_task_name(meta.get("task") or "")
+            if meta.get("format") == _FORMAT and saved_task == cls.task_name:
                 return cls._load_own(Path(source), meta, num_labels, strict, overrides).eval()
-            if meta.get("format") == _FORMAT and meta.get("task") in UNIMODAL_TASKS:
+            if meta.get("format") == _FORMAT and saved_task in UNIMODAL_TASKS:
                 raise ValueError(
-                    f"{source}: a saved {UNIMODAL_TASKS[meta['task']].__name__} has no "
+                    f"{source}: a saved {UNIMODAL_TASKS[saved_task].__name__} has no "
                     f"{cls.tower_name.replace('_model', '')} tower to build a {cls.__name__} from"
                 )
         if num_labels is None:
@@ -339,7 +351,7 @@ def _is_hf_model(obj: Any) -> bool:
 
 
 def _encoder_of(source: nn.Module) -> nn.Module:
-    from .bridgetower import BridgeTowerModel
+    from .model import BridgeTowerModel
 
     enc = getattr(source, "bridgetower", source)
     if not isinstance(enc, BridgeTowerModel):
@@ -353,7 +365,7 @@ def _encoder_of(source: nn.Module) -> nn.Module:
 def _load_vl(source: Any, strict: bool, overrides: dict) -> nn.Module:
     """A vision-language model of ours from any checkpoint source (the saved task class for
     our own directories, so every key is accounted for)."""
-    from .bridgetower import BridgeTowerModel
+    from .model import BridgeTowerModel
     from .tasks import TASK_MODELS
 
     if isinstance(source, nn.Module):  # a transformers BridgeTower model
@@ -363,38 +375,8 @@ def _load_vl(source: Any, strict: bool, overrides: dict) -> nn.Module:
     if path.is_dir():
         meta = _read_meta(path)
         if meta.get("format") == _FORMAT:
-            cls = TASK_MODELS.get(meta.get("task"), BridgeTowerModel)
+            cls = TASK_MODELS.get(normalize_task_name(meta.get("task") or "base"), BridgeTowerModel)
     return cls.from_pretrained(source, strict=strict, **overrides)
-
-
-@torch.no_grad()
-def _copy_tower(src: nn.Module, dst: nn.Module, prefix: str) -> dict[str, list[str]]:
-    """Copy ``src``'s parameters into ``dst`` (same tower type), extending the word embeddings
-    and resizing the position table where the shapes say so; anything else is a ValueError."""
-    s, d = src.state_dict(), dst.state_dict()
-    missing, unexpected = sorted(set(d) - set(s)), sorted(set(s) - set(d))
-    if missing or unexpected:
-        raise ValueError(f"the {prefix} of the source does not match: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    report: dict[str, list[str]] = {"copied": [], "extended": [], "resized": []}
-    bad = []
-    for key, want in d.items():
-        have = s[key]
-        name = f"{prefix}.{key}"
-        if have.shape == want.shape:
-            want.copy_(have)
-            report["copied"].append(name)
-        elif key.endswith("word_embeddings.weight") and have.shape[1:] == want.shape[1:] and have.shape[0] < want.shape[0]:
-            want[: have.shape[0]].copy_(have)
-            report["extended"].append(f"{name}: rows {have.shape[0]} -> {want.shape[0]}")
-        elif key.endswith("visual.positional_embedding") and have.ndim == 2 and have.shape[1] == want.shape[1]:
-            g = int(round((want.shape[0] - 1) ** 0.5))
-            want.copy_(resize_pos_embed(have, (g, g)))
-            report["resized"].append(f"{name}: {have.shape[0]} -> {want.shape[0]} positions")
-        else:
-            bad.append((name, tuple(have.shape), tuple(want.shape)))
-    if bad:
-        raise ValueError(f"shape mismatches between the source tower and the classifier: {bad[:8]}")
-    return report
 
 
 # ---------------------------------------------------------------- the two models
@@ -413,9 +395,9 @@ class BridgeTowerForImageClassification(_UniModalClassifier):
     ``ln_post`` (B, W), and the cross-entropy ``loss`` when ``labels`` (B,) are given.
     """
 
-    task_name = "image_cls"
+    task_name = "image-cls"
     tower_name = "vision_model"
-    head_prefixes = ("image_classifier",)
+    batch_spec = BatchSpec(keys=("pixel_values", "labels"), image_keys=("pixel_values",))
 
     def __init__(self, config: BridgeTowerConfig, *, num_labels: int, device=None, dtype=None) -> None:
         super().__init__(config, num_labels=num_labels)
@@ -455,9 +437,9 @@ class BridgeTowerForTextClassification(_UniModalClassifier):
     with ``logits`` (B, num_labels) and ``features`` the ``<s>`` token of the last layer (B, H).
     """
 
-    task_name = "text_cls"
+    task_name = "text-cls"
     tower_name = "text_model"
-    head_prefixes = ("text_classifier",)
+    batch_spec = BatchSpec(keys=("input_ids", "attention_mask", "labels"))
 
     def __init__(
         self,
@@ -512,6 +494,6 @@ class BridgeTowerForTextClassification(_UniModalClassifier):
 
 #: ``config.json`` task name -> class.
 UNIMODAL_TASKS: dict[str, type[_UniModalClassifier]] = {
-    "image_cls": BridgeTowerForImageClassification,
-    "text_cls": BridgeTowerForTextClassification,
+    "image-cls": BridgeTowerForImageClassification,
+    "text-cls": BridgeTowerForTextClassification,
 }

@@ -1,7 +1,11 @@
 """Training: objectives, optimizer groups and schedule, the Trainer with atomic checkpoints and
 exact resume, metrics logging, held-out evaluation and the bundled demo's pieces.
 
-See docs/architecture.md and the ``training`` section of the README.
+The drivers behind the command line: :func:`bridgetower.training.pretrain.pretrain` and
+:func:`bridgetower.training.finetune.finetune`, on the shared run skeleton of
+:mod:`~bridgetower.training.run`; recipes in :mod:`~bridgetower.training.recipes`, the
+fine-tuning tasks in :mod:`~bridgetower.training.tasks`, data-parallel training in
+:mod:`~bridgetower.training.distributed`.  See docs/architecture.md.
 """
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -10,8 +14,6 @@ from .evaluate import SceneEvaluator, format_score_table, score_texts
 from .metrics import MetricsLogger, plot_metrics, read_jsonl
 from .objectives import PretrainingObjective
 from .optim import (
-    CROSS_MODAL_PREFIXES,
-    HEAD_PREFIXES,
     WarmupLinearDecay,
     build_optimizer,
     build_scheduler,
@@ -22,9 +24,7 @@ from .stream import BatchStream
 from .trainer import Trainer, TrainerConfig, seed_everything
 
 __all__ = [
-    "CROSS_MODAL_PREFIXES",
     "DEMO_ATTRIBUTE_WEIGHTS",
-    "HEAD_PREFIXES",
     "BatchStream",
     "MetricsLogger",
     "PretrainingObjective",

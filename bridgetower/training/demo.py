@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DEMO_ATTRIBUTE_WEIGHTS", "SceneTextNegatives"]
+__all__ = ["DEMO_ATTRIBUTE_WEIGHTS", "DEMO_TABLE_ROWS", "SceneTextNegatives", "demo_score_table", "format_demo_table"]
 
 #: How often each attribute is altered in a demo text-side negative: colour is also taught by
 #: the random negatives, so shape and position get twice its share.
@@ -110,3 +110,46 @@ class SceneTextNegatives:
             index[row] = row
         batch["itm_image_index"] = index
         return batch
+
+
+#: The rows of :func:`format_demo_table`: (metric key, label, chance level).
+DEMO_TABLE_ROWS: list[tuple[str, str, float]] = [
+    ("itm_acc_random", "ITM accuracy, random negatives", 0.5),
+    ("itm_acc_colour", "ITM accuracy, one-colour negatives", 0.5),
+    ("itm_acc_shape", "ITM accuracy, one-shape negatives", 0.5),
+    ("itm_acc_position", "ITM accuracy, position-swap negatives", 0.5),
+    ("mlm_acc_colour", "MLM accuracy, masked colour words", 1 / 6),
+    ("mlm_acc_shape", "MLM accuracy, masked shape words", 1 / 3),
+    ("mlm_acc_position", "MLM accuracy, masked position words", 1 / 2),
+]
+
+
+def format_demo_table(before: Mapping[str, Any] | None, after: Mapping[str, Any], size: int) -> str:
+    """The held-out accuracies of :class:`~bridgetower.training.evaluate.SceneEvaluator`
+    before and after training, against chance (``size``: pairs per row)."""
+    head = f"held-out scenes ({size} pairs per row)"
+    width = max(len(head), *(len(r[1]) for r in DEMO_TABLE_ROWS))
+    lines = [f"{head:<{width}}  before   after  chance", "-" * (width + 24)]
+    for key, label, chance in DEMO_TABLE_ROWS:
+        if key not in after:
+            continue
+        b = f"{100 * before[key]:5.1f}%" if before and before.get(key) is not None else "    - "
+        lines.append(f"{label:<{width}}  {b}  {100 * after[key]:5.1f}%  {100 * chance:5.1f}%")
+    return "\n".join(lines)
+
+
+def demo_score_table(model: torch.nn.Module, tokenizer: Any, image_size: int) -> str:
+    """One held-out scene with two objects scored against its caption and the caption with a
+    wrong colour, a wrong shape, and the positions swapped."""
+    from ..data import ImageTransform, SceneConfig, alter_scene, make_scene
+    from .evaluate import format_score_table, score_texts
+
+    cfg = SceneConfig(image_size=image_size)
+    seed = 2_000_003  # neither the training stream nor the evaluation stream
+    index = next(i for i in range(100) if len(make_scene(seed, i, cfg)[1].objects) == 2)
+    image, scene = make_scene(seed, index, cfg)
+    rng = np.random.default_rng(0)
+    kinds = ["true caption", "wrong colour", "wrong shape", "positions swapped"]
+    texts = [scene.caption] + [alter_scene(scene, a, rng).caption for a in ("colour", "shape", "position")]
+    rows = score_texts(model, tokenizer, ImageTransform(image_size)(image), texts)
+    return f"one held-out scene (stream {seed}, index {index}):\n" + format_score_table(rows, kinds)

@@ -1,4 +1,4 @@
-"""Training metrics: a JSONL log, a CSV table, TensorBoard when installed, and a PNG plot.
+"""Training metrics: a JSONL log, a CSV table, the experiment trackers, and a PNG plot.
 
 :class:`MetricsLogger` appends one JSON object per record to ``metrics.jsonl`` (``{"step":
 .., "split": "train" | "eval", ...}``) and rewrites ``metrics.csv`` (the union of all keys as
@@ -47,26 +47,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class MetricsLogger:
-    """Write metric records under ``output_dir`` (``metrics.jsonl``, ``metrics.csv``, and a
-    ``tensorboard/`` folder when ``tensorboard`` is importable and ``tensorboard=True``).
+    """Write metric records under ``output_dir`` (``metrics.jsonl``, ``metrics.csv``).
 
     ``trackers``: :class:`~bridgetower.training.tracking.Tracker` objects (TensorBoard, W&B)
-    that receive every record too; :meth:`close` closes them."""
+    that receive every record too; :meth:`close` closes them.  (TensorBoard is one of the
+    trackers: there is no second switch for it here.)"""
 
-    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, trackers: Iterable = ()) -> None:
+    def __init__(self, output_dir: str | Path, *, trackers: Iterable = ()) -> None:
         self.trackers = list(trackers)
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.output_dir / "metrics.jsonl"
         self.csv_path = self.output_dir / "metrics.csv"
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except Exception:  # tensorboard not installed: JSONL + CSV only
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
 
     @property
     def records(self) -> list[dict]:
@@ -80,10 +72,6 @@ class MetricsLogger:
             record[k] = v if math.isfinite(v) else None
         with open(self.jsonl_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "split") and v is not None:
-                    self._tb.add_scalar(f"{split}/{k}", v, step)
         if self.trackers:
             scalars = {k: v for k, v in record.items() if k not in ("step", "split") and v is not None}
             for tracker in self.trackers:
@@ -111,16 +99,11 @@ class MetricsLogger:
             for r in records:
                 w.writerow({k: ("" if v is None else v) for k, v in r.items()})
         os.replace(tmp, self.csv_path)
-        if self._tb is not None:
-            self._tb.flush()
         for tracker in self.trackers:
             tracker.flush()
 
     def close(self) -> None:
         self.flush()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
         trackers, self.trackers = self.trackers, []
         for tracker in trackers:
             tracker.close()

@@ -5,129 +5,44 @@ lr 1e-5, betas (0.9, 0.98), eps 1e-8, weight decay 0.01 except on biases and Lay
 weights; the cross-modal part and the task heads train with a 5x learning rate; 10% linear
 warm-up, then linear decay to zero.
 
-Which parameter gets what is decided by two documented rules over the qualified parameter
-names of ``model.named_parameters()`` (and the module that owns each parameter):
+Which parameter gets what is declared by the model, not guessed from names here:
 
-*No weight decay* (:func:`is_no_decay`): every parameter whose own name is ``bias``, and the
-``weight`` of every normalisation module -- an instance of ``nn.LayerNorm``, ``nn.RMSNorm``,
-``nn.GroupNorm``, a batch/instance norm, any module whose class name ends in ``Norm``
-(``AddLayerNorm``), and the bridges of :mod:`bridgetower.layers.bridge` (their ``weight`` /
-``bias`` are the LayerNorm affine).  Everything else (Linear/Embedding weights, CLIP's
-``class_embedding``, the learnable bridge scalars, the ITC temperature) decays.
-
-*Learning-rate multiplier* (:func:`lr_multiplier_for`): a parameter is *cross-modal* if one of
-the dot-separated components of its name starts with one of :data:`CROSS_MODAL_PREFIXES`
-(``cross_modal``, the official/HF name of every fusion parameter:
-``cross_modal_text_transform``, ``cross_modal_image_layers`` ...; and ``fusion``, our
-:class:`~bridgetower.layers.co_attention.CoAttentionFusion`), and a *head* if a component
-starts with one of :data:`HEAD_PREFIXES` (``mlm_score``, ``itm_score``, ``itc``,
-``vqa_classifier``, ``rank_output`` ...).  As in the official code, the modality
-``token_type_embeddings`` (not named ``cross_modal*``) keep the base rate -- and so does the
-text tower's own RoBERTa ``token_type_embeddings``.
-Heads get ``head_multiplier``, cross-modal parameters ``cross_modal_multiplier`` (a head
-match wins); the two uni-modal towers keep the base rate.  Both prefix lists can be
-replaced by the caller.
+* ``model.parameter_roles()`` gives each parameter a role (``"uni_modal"``,
+  ``"cross_modal"`` or ``"head"``, see :class:`~bridgetower.models.BridgeTowerPreTrainedModel`);
+  cross-modal parameters get ``cross_modal_multiplier``, heads ``head_multiplier``, the
+  towers the base rate.  A model that declares no roles trains at the base rate throughout.
+* ``model.no_weight_decay()`` names the parameters without weight decay (every bias and
+  every normalisation affine); a model that declares nothing gets that same rule
+  (:func:`~bridgetower.models.base.no_weight_decay_names`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..models.base import PARAMETER_ROLES, no_weight_decay_names
+
 __all__ = [
-    "CROSS_MODAL_PREFIXES",
-    "HEAD_PREFIXES",
     "WarmupLinearDecay",
     "build_optimizer",
     "build_scheduler",
     "describe_param_groups",
-    "is_no_decay",
-    "lr_multiplier_for",
     "param_groups",
 ]
 
-#: Name-component prefixes of the cross-modal (fusion) parameters.
-CROSS_MODAL_PREFIXES: tuple[str, ...] = ("cross_modal", "fusion")
-#: Name-component prefixes of the task-head parameters.
-HEAD_PREFIXES: tuple[str, ...] = (
-    "mlm_score",
-    "itm_score",
-    "itc",
-    "logit_scale",
-    "temperature",
-    "heads",
-    "mlm_head",
-    "itm_head",
-    "itc_head",
-    "contrastive",
-    "vqa",
-    "nlvr2",
-    "snli",
-    "irtr",
-    "rank_output",
-)
 
-_NORM_TYPES: tuple[type, ...] = (
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.modules.batchnorm._NormBase,
-) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-
-
-def _is_norm_module(module: nn.Module) -> bool:
-    if isinstance(module, _NORM_TYPES):
-        return True
-    name = type(module).__name__
-    if name.endswith("Norm") or name.endswith("LayerNorm"):
-        return True
-    try:  # the bridges own the LayerNorm affine directly (``weight``, ``bias``)
-        from ..layers.bridge import Bridge
-    except ImportError:  # pragma: no cover - layers always ship with the package
-        return False
-    return isinstance(module, Bridge)
-
-
-def is_no_decay(module: nn.Module, param_name: str) -> bool:
-    """Whether the parameter ``param_name`` (its own name, e.g. ``"weight"``) of ``module``
-    is exempt from weight decay: biases and normalisation weights (see the module doc)."""
-    if param_name == "bias":
-        return True
-    return param_name == "weight" and _is_norm_module(module)
-
-
-def _matches(name: str, prefixes: Sequence[str]) -> bool:
-    return any(part.startswith(p) for part in name.split(".") for p in prefixes)
-
-
-def lr_multiplier_for(
-    name: str,
-    *,
-    cross_modal_multiplier: float = 5.0,
-    head_multiplier: float = 5.0,
-    cross_modal_prefixes: Sequence[str] = CROSS_MODAL_PREFIXES,
-    head_prefixes: Sequence[str] = HEAD_PREFIXES,
-) -> float:
-    """The learning-rate multiplier of the parameter with qualified name ``name``."""
-    if _matches(name, head_prefixes):
-        return float(head_multiplier)
-    if _matches(name, cross_modal_prefixes):
-        return float(cross_modal_multiplier)
-    return 1.0
-
-
-def _named_params_with_owner(model: nn.Module):
-    seen: set[int] = set()
-    for mod_name, module in model.named_modules():
-        for p_name, p in module.named_parameters(recurse=False):
-            if id(p) in seen:  # tied weights appear once, under their first name
-                continue
-            seen.add(id(p))
-            yield (f"{mod_name}.{p_name}" if mod_name else p_name), p_name, module, p
+def _declared(model: nn.Module) -> tuple[dict[str, str], set[str]]:
+    roles = model.parameter_roles() if hasattr(model, "parameter_roles") else {}
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else no_weight_decay_names(model)
+    bad = sorted({r for r in roles.values() if r not in PARAMETER_ROLES})
+    if bad:
+        raise ValueError(f"{type(model).__name__}.parameter_roles() gave unknown roles {bad}; valid: {PARAMETER_ROLES}")
+    return roles, set(no_decay)
 
 
 def param_groups(
@@ -137,8 +52,6 @@ def param_groups(
     weight_decay: float = 0.01,
     cross_modal_multiplier: float = 5.0,
     head_multiplier: float = 5.0,
-    cross_modal_prefixes: Sequence[str] = CROSS_MODAL_PREFIXES,
-    head_prefixes: Sequence[str] = HEAD_PREFIXES,
 ) -> list[dict]:
     """AdamW parameter groups: one per (lr multiplier, decay / no decay) pair that occurs.
 
@@ -153,18 +66,14 @@ def param_groups(
     for label, m in (("cross_modal_multiplier", cross_modal_multiplier), ("head_multiplier", head_multiplier)):
         if not (isinstance(m, (int, float)) and m > 0):
             raise ValueError(f"{label} must be a positive number, got {m!r}")
+    roles, no_decay = _declared(model)
+    multipliers = {"uni_modal": 1.0, "cross_modal": float(cross_modal_multiplier), "head": float(head_multiplier)}
     groups: dict[tuple[float, bool], dict] = {}
-    for full, own, module, p in _named_params_with_owner(model):
+    for full, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        mult = lr_multiplier_for(
-            full,
-            cross_modal_multiplier=cross_modal_multiplier,
-            head_multiplier=head_multiplier,
-            cross_modal_prefixes=cross_modal_prefixes,
-            head_prefixes=head_prefixes,
-        )
-        decay = not is_no_decay(module, own)
+        mult = multipliers[roles.get(full, "uni_modal")]
+        decay = full not in no_decay
         key = (mult, decay)
         if key not in groups:
             groups[key] = {
@@ -203,8 +112,6 @@ def build_optimizer(
     weight_decay: float = 0.01,
     cross_modal_multiplier: float = 5.0,
     head_multiplier: float = 5.0,
-    cross_modal_prefixes: Sequence[str] = CROSS_MODAL_PREFIXES,
-    head_prefixes: Sequence[str] = HEAD_PREFIXES,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with the published defaults."""
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -217,8 +124,6 @@ def build_optimizer(
         weight_decay=weight_decay,
         cross_modal_multiplier=cross_modal_multiplier,
         head_multiplier=head_multiplier,
-        cross_modal_prefixes=cross_modal_prefixes,
-        head_prefixes=head_prefixes,
     )
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 

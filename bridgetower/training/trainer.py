@@ -5,8 +5,8 @@ What it does per optimizer step: ``grad_accum_steps`` micro-batches from a
 (loss, metrics)`` under autocast (``bf16`` on CPU or GPU; ``fp16`` with a ``GradScaler`` on
 GPU only), backward of ``loss / grad_accum_steps``; then gradient clipping, the optimizer and
 scheduler steps.  Every ``log_every`` steps the averaged metrics go to the
-:class:`~bridgetower.training.metrics.MetricsLogger` (JSONL + CSV, TensorBoard if
-installed) and to a progress bar (``tqdm`` on a terminal, a log line otherwise); every
+:class:`~bridgetower.training.metrics.MetricsLogger` (JSONL + CSV, and the selected
+experiment trackers: TensorBoard, W&B) and to a progress bar (``tqdm`` on a terminal, a log line otherwise); every
 ``eval_every`` steps ``eval_fn(model)`` is run (with the RNG states preserved, so evaluating
 does not change the training run); every ``checkpoint_every`` steps and at the end a
 checkpoint is written atomically (:mod:`~bridgetower.training.checkpoint`).  At the end a
@@ -77,7 +77,8 @@ class TrainerConfig:
     only before the first and after the last step.  ``progress=None`` shows a bar only when
     stderr is a terminal.  ``trackers``: experiment trackers besides the JSONL/CSV log
     (``"tensorboard"``, ``"wandb"``; see :mod:`~bridgetower.training.tracking`), closed when
-    :meth:`Trainer.train` completes.
+    :meth:`Trainer.train` completes.  ``tensorboard=True`` is an older spelling of adding
+    ``"tensorboard"`` to ``trackers`` (the trackers are the one TensorBoard switch).
     """
 
     output_dir: str | Path
@@ -93,7 +94,7 @@ class TrainerConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool | None = None
-    tensorboard: bool = True
+    tensorboard: bool = False  # deprecated spelling of trackers=("tensorboard",)
     plot: bool = True
     extra: dict = field(default_factory=dict)
     trackers: tuple[str, ...] = ()
@@ -119,6 +120,9 @@ class TrainerConfig:
         from .tracking import parse_trackers
 
         self.trackers = parse_trackers(self.trackers)  # "tensorboard,wandb" / list / None -> tuple
+        if self.tensorboard and "tensorboard" not in self.trackers:
+            self.trackers = (*self.trackers, "tensorboard")
+        self.tensorboard = False  # folded into trackers (so that dataclasses.replace stays exact)
 
     def to_json_dict(self) -> dict:
         d = asdict(self)
@@ -211,9 +215,7 @@ class Trainer:
         trackers = create_trackers(
             config.trackers, self.output_dir, run_name=self.output_dir.name, config=config.to_json_dict()
         )
-        self.metrics = MetricsLogger(
-            self.output_dir, tensorboard=config.tensorboard and "tensorboard" not in config.trackers, trackers=trackers
-        )
+        self.metrics = MetricsLogger(self.output_dir, trackers=trackers)
         self._set_gradient_checkpointing(config.gradient_checkpointing)
 
     # ----------------------------------------------------------------------------- setup

@@ -666,6 +666,7 @@ def test_a_few_finetuning_steps_from_task_tables(tmp_path, pngs, tok, task):
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_mask")}
     if task == "nlvr2":
         inputs["pixel_values_2"] = batch["pixel_values_2"]
+        inputs["pixel_mask_2"] = batch["pixel_mask_2"]
     labels = batch["targets"] if task == "vqa" else batch["labels"]
     assert labels.shape == ((4, 16) if task == "vqa" else (4,))
     losses = []

@@ -178,6 +178,44 @@ def test_nlvr2_batches_through_the_task_collator(tok):
     assert batch["pixel_values"].shape == batch["pixel_values_2"].shape == (4, 3, 64, 64)
     assert batch["labels"].tolist() == [1, 0, 1, 0]
     torch.testing.assert_close(batch["pixel_values_2"][1], ds[1]["pixel_values_2"])
+    assert batch["pixel_mask_2"].shape == (4, 64, 64) and batch["pixel_mask_2"].dtype == torch.int64
+    assert bool(batch["pixel_mask_2"].all())
+
+
+def test_task_collator_builds_the_second_mask_from_the_second_images():
+    # first images 8x8; second images 6x10 (a tensor) and 8x4 (a PIL image, via the transform):
+    # both are padded to 8x10, and each mask marks its own image's pixels
+    first = [torch.full((3, 8, 8), 1.0), torch.full((3, 8, 8), 2.0)]
+    second = torch.full((3, 6, 10), 3.0)
+    pil = render_scene(make_scene(0, 0)[1]).resize((4, 8))  # (W, H)
+
+    def to_tensor(image):
+        return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)  # (3, H, W)
+
+    col = PretrainingCollator.from_tokenizer(build_scene_tokenizer(), transform=to_tensor)
+    pil_px = to_tensor(pil)
+    samples = [
+        {"input_ids": torch.tensor([0, 5, 2]), "pixel_values": first[0], "pixel_values_2": second, "label": 1},
+        {"input_ids": torch.tensor([0, 2]), "pixel_values": first[1], "image_2": pil, "label": 0},
+    ]
+    batch = TaskCollator(col)(samples)
+    assert batch["pixel_values"].shape == batch["pixel_values_2"].shape == (2, 3, 8, 10)
+    assert batch["pixel_mask"].shape == batch["pixel_mask_2"].shape == (2, 8, 10)
+    mask_2 = torch.zeros(2, 8, 10, dtype=torch.int64)
+    mask_2[0, :6, :10] = 1
+    mask_2[1, :8, :4] = 1
+    assert torch.equal(batch["pixel_mask_2"], mask_2)
+    mask = torch.zeros(2, 8, 10, dtype=torch.int64)
+    mask[:, :8, :8] = 1
+    assert torch.equal(batch["pixel_mask"], mask)
+    expect_2 = torch.zeros(2, 3, 8, 10)
+    expect_2[0, :, :6, :10] = second
+    expect_2[1, :, :8, :4] = pil_px
+    assert torch.equal(batch["pixel_values_2"], expect_2)
+    for i in range(2):
+        assert torch.equal(batch["pixel_values"][i, :, :8, :8], first[i])
+        assert batch["pixel_values"][i, :, :, 8:].abs().sum() == 0
+    assert batch["labels"].tolist() == [1, 0]
 
 
 def _phrases(text: str):

@@ -205,3 +205,30 @@ def test_sets_are_independent_of_global_rng():
     first = ds[5]["text_pair"]
     np.random.seed(123)
     assert ds[5]["text_pair"] == first
+
+
+def test_one_synthetic_base_for_every_scene_set(tok):
+    from bridgetower.data import SceneITMEvalDataset, SceneNLVR2Dataset, SyntheticSceneDataset
+    from bridgetower.data.datasets import SeededSceneSet
+
+    sets = [
+        SceneImageClassification(3, seed=2),
+        CaptionMentionDataset(3, seed=2, tokenizer=tok),
+        CaptionPairDataset(3, seed=2, tokenizer=tok),
+        SyntheticSceneDataset(3, seed=2),
+        SceneITMEvalDataset(3, seed=2),
+        SceneNLVR2Dataset(3, seed=2),
+    ]
+    for ds in sets:
+        assert isinstance(ds, SeededSceneSet) and len(ds) == 3 and ds.stats.total == 0
+        with pytest.raises(IndexError):
+            ds[3]
+    assert repr(sets[0]) == "SceneImageClassification(size=3, seed=2)"
+    assert sets[1].tokenizer is tok and sets[1].max_length == 50 and sets[0].transform is None
+    for cls in (SceneImageClassification, CaptionPairDataset, SyntheticSceneDataset):
+        with pytest.raises(TypeError, match="config must be a SceneConfig"):
+            cls(3, config={"max_objects": 1})
+        with pytest.raises(ValueError, match="seed must be"):
+            cls(3, seed=-1)
+    with pytest.raises(ValueError, match="max_length must be an int >= 4"):
+        CaptionPairDataset(3, tokenizer=tok, max_length=3)

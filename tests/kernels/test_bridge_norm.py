@@ -7,12 +7,14 @@ output and gradient is compared with a float64 reference by the rule of KERNELS.
     |kernel - ref64| <= 2 * |eager_same_dtype - ref64| + atol
 
 and every buffer the launchers allocate is filled with NaN first, so an element the kernel
-forgets to write fails the comparison.
+forgets to write fails the comparison (PyTorch's own switch: with deterministic algorithms on,
+``torch.utils.deterministic.fill_uninitialized_memory`` fills ``torch.empty`` with NaN).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -28,8 +30,11 @@ from bridgetower.kernels import (
     bridge_norm_ref,
     select_bridge_norm_backend,
 )
+from bridgetower.kernels.modes import bridge_mode
 
-bn = importlib.import_module("bridgetower.kernels.bridge_norm")
+bn = importlib.import_module("bridgetower.kernels.fused_bridge_norm")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 SCALAR_MODES = ("scaled_add", "interpolate")
@@ -82,13 +87,32 @@ def assert_close_to_ref(kernel, eager, ref64, dtype, names):
 
 
 @pytest.fixture
-def poison(monkeypatch):
-    """Make every launcher buffer start as NaN."""
+def poison():
+    """Make every launcher buffer (``torch.empty``) start as NaN."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
-    def nan_empty(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(bn, "_empty", nan_empty)
+def triton_module():
+    """``bridgetower.kernels.bridge_norm_triton`` (imported on first use)."""
+    module = bn.load_triton_kernels()
+    assert module is not None
+    return module
+
+
+def run_fresh_python(code: str) -> None:
+    """Run ``code`` in a new interpreter without TRITON_INTERPRET; fail with its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def triton_bridge_norm(*args, **kw):
@@ -148,7 +172,7 @@ def test_backward_is_deterministic(poison):
     # 300 rows of 257: three programs, so the partial buffers and their reduction matter.
     inputs = make_inputs((300, 257), torch.float32, "interpolate_tensor")
     dy = torch.randn(300, 257)
-    cfg = bn._launch_config(300, 257, 4, torch.device("cpu"), backward=True)
+    cfg = triton_module()._launch_config(300, 257, 4, torch.device("cpu"), backward=True)
     assert cfg.programs > 1
     first = run(triton_bridge_norm, inputs, dy, "interpolate_tensor")
     second = run(triton_bridge_norm, inputs, dy, "interpolate_tensor")
@@ -190,7 +214,7 @@ def test_strided_inputs_match_contiguous_copies(poison):
 @pytest.mark.interpret
 def test_widest_single_block_row_runs(poison):
     # 16384 float32 features = 64 KB, the largest row one block takes.
-    assert not bn._launch_config(2, 16384, 4, torch.device("cpu"), backward=True).looped
+    assert bn.bridge_norm_backend_reasons(torch.empty(2, 16384))["triton"] == []
     inputs = make_inputs((2, 16384), torch.float32, "scaled_add")
     dy = torch.randn(2, 16384)
     names = ["out", "dx", "dz", "dweight", "dbias", "dcoef"]
@@ -200,53 +224,26 @@ def test_widest_single_block_row_runs(poison):
     assert_close_to_ref(kernel, eager, ref64, torch.float32, names)
 
 
-@pytest.mark.interpret
-def test_wider_rows_take_the_looped_kernels(poison):
-    d = 16500  # just over one block of float32: two chunks, the second mostly masked
-    assert bn._launch_config(3, d, 4, torch.device("cpu"), backward=True).looped
-    assert select_bridge_norm_backend(torch.empty(3, d)) == "triton"
-    inputs = make_inputs((3, d), torch.float32, "interpolate_tensor")
-    dy = torch.randn(3, d)
-    names = ["out", "dx", "dz", "dweight", "dbias", "dcoef"]
-    kernel = run(triton_bridge_norm, inputs, dy, "interpolate_tensor")
-    eager = run(bridge_norm_eager, inputs, dy, "interpolate_tensor")
-    ref64 = run(bridge_norm_ref, as64(inputs), dy.double(), "interpolate_tensor")
-    assert_close_to_ref(kernel, eager, ref64, torch.float32, names)
-
-
-# The looped kernels on small shapes: a 1 KB "block" makes D=1000 four float32 chunks (two
-# 16-bit ones), and a small tile gives several row tiles per backward program, so the
-# chunked partial sums accumulate across tiles.
-LOOPED_CASES = [
-    (torch.float32, "add", True, True),
-    (torch.float32, "scaled_add_tensor", True, True),
-    (torch.float32, "interpolate", False, True),
-    (torch.bfloat16, "interpolate_tensor", True, True),
-    (torch.float16, "scaled_add", False, False),
-]
+@pytest.mark.parametrize("dtype,d", [(torch.float32, 16385), (torch.bfloat16, 32769)])
+def test_rows_over_64_kb_fall_back_to_torch_or_are_refused(dtype, d):
+    """The one-block limit is a declared reason of the triton backend: the automatic choice
+    takes the PyTorch path, a forced triton names the limit (with or without interpreter)."""
+    x = torch.randn(2, d).to(dtype)
+    z = torch.randn(2, d).to(dtype)
+    limit = f"row of {d * x.element_size()} bytes ({d} x {dtype}) exceeds the 64 KB one-block limit"
+    assert any(limit in r for r in bridge_norm_backend_reasons(x)["triton"])
+    assert not any("64 KB" in r for r in bridge_norm_backend_reasons(x[:, : d - 1])["triton"])
+    assert select_bridge_norm_backend(x) == "torch"
+    torch.testing.assert_close(bridge_norm(x, z), bridge_norm_ref(x, z), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"'triton' does not fit.*exceeds the 64 KB one-block limit"):
+        bridge_norm(x, z, backend="triton")
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize(
-    "dtype,mode,weight,bias",
-    LOOPED_CASES,
-    ids=[f"{str(dt)[6:]}-{m}-w{int(w)}b{int(b)}" for dt, m, w, b in LOOPED_CASES],
-)
-def test_looped_kernels_match_float64_reference(poison, monkeypatch, dtype, mode, weight, bias):
-    monkeypatch.setattr(bn, "MAX_FUSED_ROW_BYTES", 1024)
-    monkeypatch.setattr(bn, "_INTERPRETER_TILE", 512)
-    shape = (2, 5, 1000)
-    size = torch.empty((), dtype=dtype).element_size()
-    cfg = bn._launch_config(10, 1000, size, torch.device("cpu"), backward=True)
-    assert cfg.looped and cfg.block_d < 1000 and cfg.rows_per_prog > cfg.block_m
-    inputs = make_inputs(shape, dtype, mode, weight=weight, bias=bias)
-    dy = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    grads = ("dx", "dz", "dweight", "dbias", "dcoef")
-    names = ["out"] + [n for n, t in zip(grads, inputs, strict=True) if t is not None]
-    kernel = run(triton_bridge_norm, inputs, dy, mode)
-    eager = run(bridge_norm_eager, inputs, dy, mode)
-    ref64 = run(bridge_norm_ref, as64(inputs), dy.double(), mode)
-    assert_close_to_ref(kernel, eager, ref64, dtype, names)
+def test_bridge_norm_fn_refuses_rows_over_64_kb():
+    x = torch.randn(2, 16385)
+    with pytest.raises(ValueError, match="BridgeNormFn: row of 65540 bytes"):
+        bn.BridgeNormFn.apply(x, x, None, None, None, "add", 1e-5)
 
 
 @pytest.mark.interpret
@@ -286,19 +283,20 @@ def test_forced_triton_refusal_lists_reasons():
     with pytest.raises(ValueError) as info:
         bridge_norm(x, x.clone(), backend="triton")
     msg = str(info.value)
-    assert "backend='triton'" in msg and "(4, 17)" in msg
+    assert "bridge_norm backend 'triton' does not fit" in msg and "(4, 17)" in msg
     assert "TRITON_INTERPRET" in msg or "not importable" in msg
     assert "dtype torch.float64 is not supported" in msg
 
 
-@pytest.mark.skipif(bn.triton is None, reason="triton is not installed")
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="checks the non-interpreter CPU choice"
 )
-def test_interpreter_switched_on_after_import_is_explained(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read per call: now set, but not at import
+def test_interpreter_switched_on_after_the_kernels_loaded_is_explained(monkeypatch):
+    assert not triton_module().INTERPRETED  # loaded for CUDA (compiled kernels)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read per call: now set, but not at loading
     reasons = bridge_norm_backend_reasons(torch.randn(2, 8))["triton"]
-    assert any("was not when" in r for r in reasons), reasons
+    assert any("was not when the Triton kernels were loaded" in r for r in reasons), reasons
 
 
 def test_unknown_backend():
@@ -323,6 +321,9 @@ def test_without_triton_the_torch_path_works():
         "from bridgetower.kernels import bridge_norm, bridge_norm_backend_reasons, bridge_norm_ref\n"
         "x = torch.randn(3, 16); z = torch.randn(3, 16)\n"
         "r = bridge_norm_backend_reasons(x)['triton']\n"
+        "assert len(r) == 2 and 'TRITON_INTERPRET' in r[0] and 'not importable' in r[1], r\n"
+        "import os; os.environ['TRITON_INTERPRET'] = '1'\n"
+        "r = bridge_norm_backend_reasons(x)['triton']\n"
         "assert len(r) == 1 and 'triton is not importable' in r[0], r\n"
         "assert torch.equal(bridge_norm(x, z), bridge_norm_ref(x, z))\n"
         "try:\n"
@@ -332,12 +333,24 @@ def test_without_triton_the_torch_path_works():
         "else:\n"
         "    raise AssertionError('forced triton did not fail')\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    run_fresh_python(code)
+
+
+def test_imports_pull_in_neither_triton_nor_inductor():
+    """``import bridgetower.kernels`` / ``.layers`` / ``.models`` (and a CPU bridge_norm call)
+    import no Triton and no ``torch._inductor``: the kernels load on the first triton-backend
+    use."""
+    code = (
+        "import sys, torch\n"
+        "before = {m for m in ('triton', 'torch._inductor') if m in sys.modules}\n"
+        "assert not before, before\n"
+        "import bridgetower.kernels, bridgetower.layers, bridgetower.models\n"
+        "from bridgetower.layers import AddLayerNorm\n"
+        "AddLayerNorm(8)(torch.randn(2, 8), torch.randn(2, 8))\n"
+        "bad = [m for m in ('triton', 'torch._inductor') if m in sys.modules]\n"
+        "assert not bad, bad\n"
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_fresh_python(code)
 
 
 # ------------------------------------------------------------------------- bad input
@@ -375,7 +388,7 @@ BAD_INPUTS = [
     (
         dict(x=_t(2, 8), z=_t(2, 8), mode="sum"),
         ValueError,
-        r"unknown mode 'sum'; valid modes: add, scaled_add",
+        r"unknown bridge_norm mode 'sum'; valid modes: add, scaled_add",
     ),
     (dict(x=_t(2, 8), z=_t(2, 8), coef=_t()), ValueError, r"mode 'add' takes no coef"),
     (dict(x=_t(2, 8), z=_t(2, 8), mode="scaled_add"), ValueError, r"mode 'scaled_add' needs coef"),
@@ -442,7 +455,36 @@ def test_torch_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.skipif(bn.triton is None, reason="triton is not installed")
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="needs the compiled (non-interpreter) kernels"
+)
+def test_torch_compile_traces_the_lazy_triton_path_without_a_graph_break():
+    """Dynamo (strict export, which refuses graph breaks) traces bridge_norm on fake CUDA
+    tensors in a fresh process: the kernels load during the trace and the graph holds the
+    registered op, not a break."""
+    code = (
+        "import sys, warnings, torch\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "from bridgetower.kernels import bridge_norm\n"
+        "assert 'triton' not in sys.modules\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x, z, w, c):\n"
+        "        return bridge_norm(x, z, w, None, c, mode='interpolate', backend='triton')\n"
+        "with FakeTensorMode(allow_non_fake_inputs=True):\n"
+        "    x, z = (torch.empty(4, 3, 96, device='cuda', dtype=torch.bfloat16) for _ in 'xz')\n"
+        "    w = torch.empty(96, device='cuda', dtype=torch.bfloat16)\n"
+        "    c = torch.empty((), device='cuda')\n"
+        "    with warnings.catch_warnings():\n"
+        "        warnings.simplefilter('error')\n"
+        "        ep = torch.export.export(M(), (x, z, w, c), strict=True)\n"
+        "targets = {str(n.target) for n in ep.graph.nodes if n.op == 'call_function'}\n"
+        "assert 'bridgetower.bridge_norm_fwd.default' in targets, targets\n"
+    )
+    run_fresh_python(code)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="needs the compiled (non-interpreter) kernels"
 )
@@ -451,6 +493,8 @@ def test_cuda_ops_trace_with_fake_tensors():
     # CUDA graph can be traced without a GPU: what torch.compile does before lowering.
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
+
+    triton_module()  # registers the ops
 
     with FakeTensorMode():
         x = torch.empty(4, 3, 96, device="cuda", dtype=torch.bfloat16)
@@ -509,12 +553,12 @@ GPU_VARIANTS = [
     ("fwd", "fp32", "add", False, False),
     ("bwd", "bf16", "interpolate_tensor", True, True),
     ("bwd", "fp16", "scaled_add", False, False),
-    ("fwd_looped", "bf16", "interpolate_tensor", True, True),
-    ("bwd_looped", "fp32", "scaled_add", True, False),
+    ("fwd", "fp32", "scaled_add", True, False),
+    ("bwd", "fp32", "interpolate", True, False),
 ]
 
 
-@pytest.mark.skipif(bn.triton is None, reason="triton is not installed")
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="needs the compiled (non-interpreter) kernels"
 )
@@ -524,8 +568,9 @@ def test_kernels_compile_for_cuda_sm80(which, dtype, mode, weight, bias):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = getattr(bn, f"_bridge_norm_{which}_kernel")
-    mode_code, per_channel = bn._MODE_CODES[mode]
+    kernel = getattr(triton_module(), f"_bridge_norm_{which}_kernel")
+    spec = bridge_mode(mode)
+    mode_code, per_channel = spec.code, spec.per_channel
     flags = {
         "MODE": mode_code,
         "COEF_PER_CHANNEL": per_channel,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridgetower.layers.co_attention import (
-    CoAttentionFusion,
-    CoAttentionLayer,
+from bridgetower.layers.co_attention import CoAttentionFusion, CoAttentionLayer
+
+# the HF rename table lives with the converters; here it only loads HF weights for parity
+from bridgetower.models.layer_keys import (
     convert_hf_cross_layer_state_dict,
-    hf_cross_layer_key_map,
     rename_hf_cross_layer_key,
 )
 
@@ -92,22 +92,6 @@ def test_cross_layer_bool_and_int_masks_agree_and_none_means_all_real():
     torch.testing.assert_close(ours(x, o, xm, om), ours(x, o, xm.bool(), om.bool()))
     ones = torch.ones(2, 6, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)
     torch.testing.assert_close(ours(x, o), ours(x, o, *ones))
-
-
-def test_key_map_round_trip_and_unknown_keys():
-    hf = _hf_cross_layer(2)
-    sd = {f"cross_modal_image_layers.3.{k}": v for k, v in hf.state_dict().items()}
-    ours = convert_hf_cross_layer_state_dict(sd)
-    assert "cross_modal_image_layers.3.self_norm.weight" in ours
-    assert "cross_modal_image_layers.3.mlp.fc2.bias" in ours
-    assert "cross_modal_image_layers.3.cross_attn.proj.weight" in ours
-    back = convert_hf_cross_layer_state_dict(ours, reverse=True)
-    assert set(back) == set(sd)
-    # The table covers exactly our parameter names.
-    ours_names = {k.rpartition(".")[0] for k in CoAttentionLayer(DIM, HEADS).state_dict()}
-    assert ours_names == set(hf_cross_layer_key_map().values())
-    with pytest.raises(ValueError, match="not in the cross-layer rename table"):
-        convert_hf_cross_layer_state_dict({"attention.self.rotary.weight": torch.zeros(1)})
 
 
 def _hf_link_tower():
@@ -236,17 +220,18 @@ def test_bad_inputs_raise_clear_errors():
         CoAttentionLayer(30, 4)
     with pytest.raises(ValueError, match="unknown attention backend"):
         CoAttentionLayer(16, 2, attn_backend="flash9")
+    # validated once, where the tensors are used: the attentions and the bridges
     layer = CoAttentionLayer(16, 2)
     x, o = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
-    with pytest.raises(ValueError, match=r"x must have shape \(B, L, 16\), got \(2, 5, 12\)"):
+    with pytest.raises(ValueError, match=r"x must be \(B, Lq, 16\), got \(2, 5, 12\)"):
         layer(torch.randn(2, 5, 12), o)
-    with pytest.raises(ValueError, match=r"other must have shape \(2, L, 16\), got \(2, 3, 8\)"):
+    with pytest.raises(ValueError, match=r"context must be \(B=2, Lk, 16\), got \(2, 3, 8\)"):
         layer(x, torch.randn(2, 3, 8))
-    with pytest.raises(ValueError, match=r"other must have shape \(2, L, 16\), got \(3, 3, 16\)"):
+    with pytest.raises(ValueError, match=r"context must be \(B=2, Lk, 16\), got \(3, 3, 16\)"):
         layer(x, torch.randn(3, 3, 16))
-    with pytest.raises(ValueError, match=r"x_mask must have shape \(B, L\) = \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, Lk\) = \(2, 5\)"):
         layer(x, o, torch.ones(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"other_mask must have shape \(B, L\) = \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, Lk\) = \(2, 3\)"):
         layer(x, o, None, torch.ones(3, 2, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool or integer"):
         layer(x, o, torch.ones(2, 5))
@@ -255,9 +240,9 @@ def test_bad_inputs_raise_clear_errors():
         fusion([x], [o, o])
     with pytest.raises(ValueError, match="list of 2 tensors"):
         fusion(x, [o, o])
-    with pytest.raises(ValueError, match=r"image_inputs\[1\] must have shape"):
+    with pytest.raises(ValueError, match=r"same shape, got x \(2, 3, 8\) and z \(2, 3, 16\)"):
         fusion([x, x], [o, torch.randn(2, 3, 8)])
-    with pytest.raises(ValueError, match=r"text_mask must have shape"):
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, Lk\) = \(2, 5\)"):
         fusion([x, x], [o, o], torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="unknown bridge"):
         CoAttentionFusion(16, 2, 2, bridge="nope")
@@ -269,7 +254,7 @@ def test_cross_layer_matches_hf_on_the_triton_norm_under_interpreter():
     hf = _hf_cross_layer(3).float()
     ours = CoAttentionLayer(DIM, HEADS, eps=EPS).eval()
     ours.load_state_dict(convert_hf_cross_layer_state_dict(hf.state_dict()), strict=True)
-    from bridgetower.kernels.bridge_norm import select_bridge_norm_backend
+    from bridgetower.kernels import select_bridge_norm_backend
 
     x = torch.randn(2, 5, DIM, requires_grad=True)
     other = torch.randn(2, 4, DIM)
@@ -283,21 +268,132 @@ def test_cross_layer_matches_hf_on_the_triton_norm_under_interpreter():
                                torch.autograd.grad(ref.sum(), x)[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gelu", "quick"])
-def test_act_linear_gradcheck_and_fallback(kind):
-    # the fused activation+Linear autograd node (keeps only its input, recomputes the
-    # activation in the backward) against autograd of the plain formula, in float64
-    from bridgetower.layers.co_attention import _ActLinearFn, act_linear
+# ---------------------------------------------------------------- the CLS-only last layer
 
-    h = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
-    lin = torch.nn.Linear(6, 4, dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda h, w, b: _ActLinearFn.apply(h, w, b, kind), (h, lin.weight, lin.bias)
-    )
-    w, b = lin.weight.detach(), lin.bias.detach()  # frozen layer: only dL/dh is computed
-    assert torch.autograd.gradcheck(lambda h: _ActLinearFn.apply(h, w, b, kind), (h,))
-    act = torch.nn.functional.gelu(h) if kind == "gelu" else h * torch.sigmoid(1.702 * h)
-    expected = torch.nn.functional.linear(act, lin.weight, lin.bias)
-    torch.testing.assert_close(act_linear(h, lin, kind), expected)
-    with torch.no_grad():  # the plain path
-        torch.testing.assert_close(act_linear(h, lin, kind), expected)
+
+def _fusion_inputs(N, B=3, Lt=6, Li=5, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ts = [torch.randn(B, Lt, dim, generator=g, dtype=F64).requires_grad_() for _ in range(N)]
+    vs = [torch.randn(B, Li, dim, generator=g, dtype=F64).requires_grad_() for _ in range(N)]
+    t_mask = _masks(B, Lt, [6, 3, 1])
+    i_mask = _masks(B, Li, [5, 5, 2])
+    return ts, vs, t_mask, i_mask
+
+
+@pytest.mark.parametrize("kv_dim", [None, 24])
+def test_cls_only_layer_equals_first_row_of_the_full_layer(kv_dim):
+    """Outputs and every gradient (inputs and parameters) of forward(cls_only=True) equal
+    those of forward(...)[:, :1], float64."""
+    torch.manual_seed(0)
+    layer = CoAttentionLayer(16, 4, kv_dim=kv_dim, dtype=F64).eval()
+    x = torch.randn(3, 6, 16, dtype=F64, requires_grad=True)
+    o = torch.randn(3, 5, kv_dim or 16, dtype=F64, requires_grad=True)
+    xm, om = _masks(3, 6, [6, 3, 1]), _masks(3, 5, [5, 2, 4])
+    full = layer(x, o, xm, om)[:, :1]
+    cls = layer(x, o, xm, om, cls_only=True)
+    assert cls.shape == (3, 1, 16)
+    torch.testing.assert_close(cls, full, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(cls)
+    ins = [x, o, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(cls, ins, g), torch.autograd.grad(full, ins, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_cls_only_last_fusion_equals_the_full_fusion_cls_rows(num_layers, checkpointing):
+    torch.manual_seed(1)
+    fusion = CoAttentionFusion(16, num_layers, 4, dtype=F64,
+                               gradient_checkpointing=checkpointing).eval()
+    ts, vs, tm, im = _fusion_inputs(num_layers)
+    full_t, full_i = fusion(ts, vs, tm, im, return_all_layers=True)
+    cls_t, cls_i = fusion(ts, vs, tm, im, return_all_layers=True, cls_only_last=True)
+    assert cls_t[-1].shape == (3, 1, 16) and cls_i[-1].shape == (3, 1, 16)
+    for a, b in zip(cls_t[:-1] + cls_i[:-1], full_t[:-1] + full_i[:-1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the layers before run in full
+    want = (full_t[-1][:, :1], full_i[-1][:, :1])
+    got = fusion(ts, vs, tm, im, cls_only_last=True)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    gt, gi = torch.randn_like(want[0]), torch.randn_like(want[1])
+    ins = [*ts, *vs, *fusion.parameters()]
+    g_cls = torch.autograd.grad(got, ins, (gt, gi), allow_unused=True)
+    g_full = torch.autograd.grad(want, ins, (gt, gi), allow_unused=True)
+    for a, b in zip(g_cls, g_full, strict=True):
+        if b is None:
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cls_only_last_with_checkpointing_in_training_recomputes_the_same_dropout():
+    """Training mode (hidden and attention dropout): checkpointing the CLS-only last layer
+    gives the same output and gradients as running it plainly, for one RNG state."""
+    fusion = CoAttentionFusion(16, 2, 2, dropout=0.1, attn_dropout=0.1, dtype=F64).train()
+    ts, vs, tm, im = _fusion_inputs(2)
+
+    def run(ckpt):
+        fusion.gradient_checkpointing = ckpt
+        torch.manual_seed(5)
+        t, i = fusion(ts, vs, tm, im, cls_only_last=True)
+        return [t, i, *torch.autograd.grad(t.square().sum() + i.sum(), [*ts, *vs])]
+
+    for a, b in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- hidden_act
+
+
+def _act_ref(name, h):
+    """Reference formulas in float64, written out."""
+    if name == "gelu":
+        return 0.5 * h * (1 + torch.erf(h / 2**0.5))
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return 0.5 * h * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (h + 0.044715 * h**3)))
+    if name in ("quick_gelu", "quick"):
+        return h * torch.sigmoid(1.702 * h)
+    if name == "relu":
+        return h.clamp_min(0)
+    return h * torch.sigmoid(h)  # silu / swish
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu"])
+def test_layer_hidden_act_matches_the_formula(act):
+    """The FFN of a layer (and of every layer of a fusion built with ``act``) computes
+    fc2(act(fc1(h))) with the named activation: output and gradients, float64."""
+    fusion = CoAttentionFusion(16, 1, 2, act=act, dtype=F64)
+    assert all(m.mlp.act == act for m in (*fusion.text_layers, *fusion.image_layers))
+    mlp = fusion.text_layers[0].mlp
+    with torch.no_grad():
+        mlp.fc1.weight.mul_(40)  # pre-activations of order 1: the variants differ
+    h = torch.randn(2, 5, 16, dtype=F64, requires_grad=True)
+    out = mlp(h)
+    ref = torch.nn.functional.linear(_act_ref(act, mlp.fc1(h)), mlp.fc2.weight, mlp.fc2.bias)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    ins = [h, *mlp.parameters()]
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, ins, g), torch.autograd.grad(ref, ins, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    if act != "gelu":  # and the choice changes the result
+        exact = torch.nn.functional.linear(_act_ref("gelu", mlp.fc1(h)), mlp.fc2.weight, mlp.fc2.bias)
+        assert not torch.allclose(out, exact, rtol=1e-6, atol=1e-9)
+
+
+def test_unknown_hidden_act_lists_the_valid_names():
+    with pytest.raises(ValueError, match=r"unknown activation 'gelu2'; valid: gelu, gelu_new.*relu"):
+        CoAttentionLayer(16, 2, act="gelu2")
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        CoAttentionFusion(16, 2, 2, act="tanh")
+
+
+def test_fusion_takes_one_bridge_per_layer():
+    fusion = CoAttentionFusion(16, 4, 2, bridge=["scaled_add", "interpolate_tensor", "gated_interpolate"])
+    assert [b.name for b in fusion.text_bridges] == ["scaled_add", "interpolate_tensor", "gated_interpolate"]
+    assert [b.name for b in fusion.image_bridges] == [b.name for b in fusion.text_bridges]
+    text = [torch.randn(2, 5, 16) for _ in range(4)]
+    image = [torch.randn(2, 7, 16) for _ in range(4)]
+    t, i = fusion(text, image)
+    assert t.shape == (2, 5, 16) and i.shape == (2, 7, 16)
+    with pytest.raises(ValueError, match="3 names"):
+        CoAttentionFusion(16, 4, 2, bridge=["add", "add"])

@@ -62,10 +62,11 @@ def test_no_affine_and_state_dict_of_layernorm():
 
 
 def test_bad_inputs():
+    """Checked once, by bridge_norm (x and z there are x and residual here)."""
     n = AddLayerNorm(8)
-    with pytest.raises(ValueError, match=r"same shape, got \(2, 8\) and \(2, 7\)"):
+    with pytest.raises(ValueError, match=r"same shape, got x \(2, 8\) and z \(2, 7\)"):
         n(torch.randn(2, 8), torch.randn(2, 7))
-    with pytest.raises(ValueError, match=r"expected last dimension 8, got input of shape \(2, 6\)"):
+    with pytest.raises(ValueError, match=r"weight must be shape \(6,\).*x of shape \(2, 6\)"):
         n(torch.randn(2, 6), torch.randn(2, 6))
     with pytest.raises(ValueError, match="positive int"):
         AddLayerNorm(0)
@@ -76,8 +77,8 @@ def test_backend_is_forwarded_to_bridge_norm():
     n = AddLayerNorm(16, backend="torch")
     assert "backend='torch'" in repr(n)
     torch.testing.assert_close(n(x, r), _ln(x + r, n.weight, n.bias, 1e-5))
-    with pytest.raises(ValueError, match="unknown bridge_norm backend"):
-        AddLayerNorm(16, backend="nope")(x, r)
+    with pytest.raises(ValueError, match="unknown bridge_norm backend 'nope'"):
+        AddLayerNorm(16, backend="nope")  # at construction
 
 
 @pytest.mark.interpret

@@ -12,7 +12,7 @@ from bridgetower.models import (
     get_config,
     patch_mask_from_pixel_mask,
 )
-from bridgetower.models.vision import QuickGELU
+from bridgetower.models.towers.vision import QuickGELU
 
 
 def _small_config(**kw):
@@ -103,7 +103,9 @@ def test_attention_backend_switch_whole_model():
     ids, mask, px = _inputs()
     ref = model(ids, mask, px).pooler_output
     model.set_attention_backend("math")
-    assert model.text_model.model.config._attn_implementation == "eager"
+    # one setting reaches every attention: text tower, vision tower, fusion
+    assert model.text_model.attention_modules()
+    assert all(m.attn_backend == "math" for m in model.text_model.attention_modules())
     assert all(m.self_attn.backend == "math" for m in model.fusion.text_layers)
     assert all(b.attn.backend == "math" for b in model.vision_model.visual.transformer.resblocks)
     torch.testing.assert_close(model(ids, mask, px).pooler_output, ref, rtol=1e-5, atol=1e-5)
@@ -137,7 +139,7 @@ def test_vision_attention_equals_nn_multiheadattention_with_the_same_weights(mon
     forward (same parameters), outputs and all gradients, float64; and it really runs
     through the chosen backend of our dispatcher."""
     from bridgetower.layers import attention as attn_mod
-    from bridgetower.models.vision import _VisionSelfAttention
+    from bridgetower.models.towers.vision import _VisionSelfAttention
 
     torch.manual_seed(0)
     attn = _VisionSelfAttention(32, 4, batch_first=True, dtype=torch.float64)
@@ -168,7 +170,7 @@ def test_vision_attention_equals_nn_multiheadattention_with_the_same_weights(mon
 
 def test_layer_norm_linear_gradcheck():
     """The LayerNorm+Linear node that recomputes the normalised tensor in the backward."""
-    from bridgetower.models.vision import _LayerNormLinearFn
+    from bridgetower.kernels.fused_mlp import _LayerNormLinearFn
 
     f64 = torch.float64
     x = torch.randn(2, 3, 6, dtype=f64, requires_grad=True)
@@ -241,11 +243,26 @@ def test_ln_separate_normalises_each_tapped_layer_with_its_own_layernorm():
         torch.testing.assert_close(out, enc.ln_separate[i + 1](blocks[i + 1]))
 
 
-def test_text_tower_equals_eager_transformers_model():
-    model = BridgeTowerModel(_small_config()).eval()
+@pytest.mark.parametrize("backend", [None, "math", "chunked", "sdpa"])
+def test_text_tower_equals_eager_transformers_model(backend):
+    """The text tower runs our attention dispatcher (the registered "bridgetower"
+    implementation) and equals transformers' own eager attention with the same weights."""
+    from bridgetower.kernels.attention_backends import api
+
+    model = BridgeTowerModel(_small_config(attn_backend=backend)).eval()
     ids, mask, _ = _inputs()
-    ours = model.encode_text(ids, mask)
-    model.text_model.set_attn_implementation("eager")
+    calls = []
+    orig = api.select_attention_backend
+
+    def spy(call, forced=None):
+        calls.append(forced)
+        return orig(call, forced)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(api, "select_attention_backend", spy)
+        ours = model.encode_text(ids, mask)
+    assert len(calls) == model.config.text.num_layers and set(calls) == {backend}
+    model.text_model.model.set_attn_implementation("eager")
     with torch.no_grad():
         ref = model.text_model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     for a, b in zip(ours, ref[-2:], strict=True):

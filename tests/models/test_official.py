@@ -1,4 +1,9 @@
-"""The official-checkpoint converter against the official code's own outputs (testdata)."""
+"""The official-checkpoint converter against the official code's own outputs.
+
+The reference data lives in ``tests/data/official`` (see its README.txt). The data set's
+``state_dict.safetensors`` is not copied (it holds the same tensors as the ``.ckpt``); the
+``official_safetensors`` fixture rebuilds it from the ``.ckpt``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from bridgetower.models import BridgeTowerForPretraining, BridgeTowerModel
 from bridgetower.models.convert import convert_official_state_dict, load_official_checkpoint
 
-DATA = Path("/work/shared/testdata/official")
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"official test vectors not found at {DATA}")
+DATA = Path(__file__).resolve().parents[1] / "data" / "official"
+
+
+@pytest.fixture(scope="module")
+def official_safetensors(tmp_path_factory) -> Path:
+    """The official ``state_dict.safetensors``: the ``.ckpt``'s state dict, saved as safetensors."""
+    ckpt = torch.load(DATA / "BridgeTower_tiny_random.ckpt", map_location="cpu", weights_only=True)
+    path = tmp_path_factory.mktemp("official") / "state_dict.safetensors"
+    save_file(ckpt["state_dict"], str(path))
+    return path
 
 
 def _run(model):
@@ -51,9 +64,9 @@ def test_ckpt_reproduces_official_outputs():
         )
 
 
-def test_safetensors_state_dict_and_config_json():
+def test_safetensors_state_dict_and_config_json(official_safetensors):
     meta = json.loads((DATA / "config.json").read_text())
-    model = load_official_checkpoint(BridgeTowerModel, DATA / "state_dict.safetensors", config_json=meta)
+    model = load_official_checkpoint(BridgeTowerModel, official_safetensors, config_json=meta)
     ref = load_file(str(DATA / "outputs.safetensors"))
     out = _run(model)
     torch.testing.assert_close(out.pooler_output, ref["cls_feats"], rtol=0, atol=1e-5)
@@ -61,8 +74,8 @@ def test_safetensors_state_dict_and_config_json():
     assert "mlm_score.decoder.weight" in model.load_report.unused_heads
 
 
-def test_official_rename_table_covers_every_key():
-    sd = load_file(str(DATA / "state_dict.safetensors"))
+def test_official_rename_table_covers_every_key(official_safetensors):
+    sd = load_file(str(official_safetensors))
     conv = convert_official_state_dict(sd)
     assert not conv.unknown
     assert len(conv.state_dict) + len(conv.dropped) == len(sd)

@@ -62,32 +62,62 @@ def test_pretraining_forward_logits_and_losses():
     torch.testing.assert_close(bare.itm_logits, out.itm_logits)
 
 
+def _pretraining_batch(ids, mask, px, pixel_mask=None):
+    masked = ids.clone()
+    masked[:, 2] = 3
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    batch = {
+        "input_ids": ids, "attention_mask": mask, "pixel_values": px,
+        "mlm_input_ids": masked, "mlm_labels": labels,
+        "itm_image_index": torch.tensor([0, 2, 2, 1]), "itm_labels": torch.tensor([1, 0, 1, 0]),
+    }
+    if pixel_mask is not None:
+        batch["pixel_mask"] = pixel_mask
+    return batch
+
+
 def test_pretraining_step_matches_separate_fusions_and_trains_every_parameter():
     model = BridgeTowerForPretraining(_config()).train()
     for m in model.modules():  # deterministic comparison
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     ids, mask, px = _inputs()
-    masked = ids.clone()
-    masked[:, 2] = 3
-    labels = torch.full_like(ids, -100)
-    labels[:, 2] = ids[:, 2]
-    img_index = torch.tensor([0, 2, 2, 1])
-    itm = torch.tensor([1, 0, 1, 0])
-    out = model.pretraining_step(
-        ids, mask, px, mlm_input_ids=masked, mlm_labels=labels, itm_image_index=img_index, itm_labels=itm, itc=True
-    )
+    batch = _pretraining_batch(ids, mask, px)
+    out = model.pretraining_step(batch, itc=True)
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    idx = batch["itm_image_index"]
     with torch.no_grad():
-        mlm_ref = model(masked, mask, px, mlm_labels=labels).mlm_loss
-        itm_ref = model(ids, mask, px[img_index], itm_labels=itm).itm_loss
+        mlm_ref = model(batch["mlm_input_ids"], mask, px, mlm_labels=batch["mlm_labels"]).mlm_loss
+        itm_ref = model(ids, mask, px[idx], itm_labels=batch["itm_labels"]).itm_loss
         itc_ref = model(ids, mask, px, return_itc_loss=True).itc_loss
     torch.testing.assert_close(out.mlm_loss, mlm_ref)
     torch.testing.assert_close(out.itm_loss, itm_ref)
     torch.testing.assert_close(out.itc_loss, itc_ref)
+    torch.testing.assert_close(out.loss, mlm_ref + itm_ref + itc_ref)
+    batch.pop("mlm_input_ids")
     with pytest.raises(ValueError, match="mlm_input_ids"):
-        model.pretraining_step(ids, mask, px, mlm_labels=labels)
+        model.pretraining_step(batch)
+    with pytest.raises(ValueError, match="at least one"):
+        model.pretraining_step(batch, mlm=False, itm=False)
+
+
+def test_pretraining_step_applies_the_pixel_mask():
+    """A padded image's padding patches are masked in the step exactly as in forward."""
+    model = BridgeTowerForPretraining(_config()).eval()
+    ids, mask, px = _inputs()
+    pixel_mask = torch.ones(4, 32, 32, dtype=torch.long)
+    pixel_mask[2, :, 16:] = 0  # image 2: right half is padding
+    px[2, :, :, 16:] = 0
+    batch = _pretraining_batch(ids, mask, px, pixel_mask)
+    with torch.no_grad():
+        out = model.pretraining_step(batch)
+        idx = batch["itm_image_index"]
+        ref = model(ids, mask, px[idx], pixel_mask[idx]).itm_logits
+        unmasked = model(ids, mask, px[idx]).itm_logits
+    torch.testing.assert_close(out.itm_logits, ref)
+    assert not torch.allclose(out.itm_logits[1:3], unmasked[1:3])  # rows that use image 2
 
 
 def test_nlvr2_uses_token_types_1_and_2():
@@ -110,6 +140,28 @@ def test_nlvr2_uses_token_types_1_and_2():
         model(ids, mask, px)
 
 
+def test_nlvr2_masks_each_image_with_its_own_pixel_mask():
+    model = BridgeTowerForNLVR2(_config()).eval()
+    ids, mask, px = _inputs()
+    px2 = torch.randn_like(px)
+    m1 = torch.ones(4, 32, 32, dtype=torch.long)
+    m2 = torch.ones(4, 32, 32, dtype=torch.long)
+    m2[:, 16:, :] = 0  # only the second image is padded
+    bt = model.bridgetower
+    with torch.no_grad():
+        out = model(ids, mask, px, m1, pixel_values_2=px2, pixel_mask_2=m2).logits
+        stacked = model(ids, mask, torch.stack([px, px2], 1), torch.stack([m1, m2], 1)).logits
+        p1 = bt(ids, mask, px, m1, image_token_type_idx=1).pooler_output
+        p2 = bt(ids, mask, px2, m2, image_token_type_idx=2).pooler_output
+        wrong = bt(ids, mask, px2, m1, image_token_type_idx=2).pooler_output
+    want = model.nlvr2_classifier(p1, p2)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(stacked, want)
+    assert not torch.allclose(out, model.nlvr2_classifier(p1, wrong))
+    with pytest.raises(ValueError, match="both images"):
+        model(ids, mask, px, m1, pixel_values_2=px2)
+
+
 def test_irtr_scores_each_text_against_its_image():
     model = BridgeTowerForIRTR(_config()).eval()
     itm = BridgeTowerForImageAndTextRetrieval(_config())
@@ -125,7 +177,7 @@ def test_irtr_scores_each_text_against_its_image():
     torch.testing.assert_close(model.rank_output.fc.weight, itm.itm_score.fc.weight[1:2])
 
 
-@pytest.mark.parametrize("task, labels", [("vqa", "soft"), ("snli_ve", "class"), ("mlm", "tokens")])
+@pytest.mark.parametrize("task, labels", [("vqa", "soft"), ("snli-ve", "class"), ("snli_ve", "class"), ("mlm", "tokens")])
 def test_downstream_heads(task, labels):
     model = create_model("bridgetower-tiny", task=task, **{k: v for k, v in _config().to_dict().items()}).eval()
     ids, mask, px = _inputs()
@@ -134,7 +186,7 @@ def test_downstream_heads(task, labels):
     out = model(ids, mask, px, labels=y)
     if task == "vqa":
         torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, y) * 7)
-    elif task == "snli_ve":
+    elif task.startswith("snli"):
         torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, y))
     else:
         torch.testing.assert_close(out.loss, F.cross_entropy(out.logits.reshape(-1, 40), ids.reshape(-1)))

@@ -31,7 +31,7 @@ from bridgetower.data import PretrainingCollator, SyntheticSceneDataset, build_s
 from bridgetower.data.scenes import SceneConfig
 from bridgetower.data.transforms import ImageTransform
 from bridgetower.layers.heads import itc_loss
-from bridgetower.models import create_model
+from bridgetower.models import BatchSpec, BridgeTowerForPretraining, create_model
 from bridgetower.training.distributed import (
     DistributedContext,
     DistributedTrainer,
@@ -54,6 +54,7 @@ CKPT = 1
 GLOBAL_BATCH = 4
 IMAGE = 32
 STRATEGIES = ("ddp", "fsdp")
+SPEC = BridgeTowerForPretraining.batch_spec  # the keys the pretraining step declares
 
 
 def _objective_accepts_shards() -> bool:
@@ -107,8 +108,7 @@ def _stream(tok):
 def _config(out: Path) -> TrainerConfig:
     every = CKPT if out.name.endswith("_part") else 0  # the other runs: a final checkpoint only
     return TrainerConfig(output_dir=out, max_steps=STEPS, grad_accum_steps=2, max_grad_norm=1.0,
-                         checkpoint_every=every, keep_checkpoints=0, log_every=1, progress=False, plot=False,
-                         tensorboard=False)
+                         checkpoint_every=every, keep_checkpoints=0, log_every=1, progress=False, plot=False)
 
 
 def _optim(model):
@@ -125,7 +125,8 @@ def _trainer(out: Path, ctx: DistributedContext | None = None, strategy: str = "
         objective = PretrainingObjective(mlm_weight=1.0, itm_weight=1.0, itc_weight=1.0)
         opt, sched = _optim(model)
         return Trainer(model, objective, opt, _stream(tok), _config(out), scheduler=sched)
-    objective = PretrainingObjective(mlm_weight=1.0, itm_weight=1.0, itc_weight=1.0, itc_gather=all_gather_with_grad)
+    objective = PretrainingObjective(mlm_weight=1.0, itm_weight=1.0, itc_weight=1.0, itc_gather=all_gather_with_grad,
+                                     rank=ctx.rank)
     par = parallelize(model, objective, ctx, strategy=strategy)
     opt, sched = _optim(model)  # after parallelize: FSDP replaces the parameters
     return DistributedTrainer(par, opt, _stream(tok), _config(out), scheduler=sched)
@@ -159,7 +160,7 @@ def _gather_check(root: Path, ctx: DistributedContext) -> None:
     t = text[lo:hi].clone().requires_grad_(True)
     i = image[lo:hi].clone().requires_grad_(True)
     temp = torch.tensor(0.3, requires_grad=True)
-    loss = itc_loss(t, i, temp, gather=all_gather_with_grad)
+    loss = itc_loss(t, i, temp, gather=all_gather_with_grad, rank=ctx.rank)
     loss.backward()
     torch.save({"loss": loss.detach(), "t": t.grad, "i": i.grad, "temp": temp.grad},
                root / f"gather_rank{ctx.rank}.pt")
@@ -359,7 +360,8 @@ def batch():
 def test_shard_batch_splits_rows_and_keeps_itm_pairs(batch):
     _, b = batch
     n = b["input_ids"].shape[0]
-    shards = [shard_batch(b, r, 2) for r in range(2)]
+    assert SPEC is not None and "itm_image_index" in SPEC.image_index_keys and "pixel_values" in SPEC.image_keys
+    shards = [shard_batch(b, r, 2, SPEC) for r in range(2)]
     torch.testing.assert_close(torch.cat([s["input_ids"] for s in shards]), b["input_ids"])
     torch.testing.assert_close(torch.cat([s["mlm_labels"] for s in shards]), b["mlm_labels"])
     for r, s in enumerate(shards):
@@ -377,14 +379,37 @@ def test_shard_batch_splits_rows_and_keeps_itm_pairs(batch):
 def test_shard_batch_rejects_bad_input(batch):
     _, b = batch
     with pytest.raises(ValueError, match="not divisible by the world size 3"):
-        shard_batch(b, 0, 3)
+        shard_batch(b, 0, 3, SPEC)
     with pytest.raises(ValueError, match="rank"):
-        shard_batch(b, 2, 2)
+        shard_batch(b, 2, 2, SPEC)
     with pytest.raises(TypeError, match="dict batch"):
-        shard_batch([b], 0, 2)
+        shard_batch([b], 0, 2, SPEC)
     bad = dict(b, itm_image_index=b["itm_image_index"] + 10)
     with pytest.raises(ValueError, match="itm_image_index values"):
-        shard_batch(bad, 0, 2)
+        shard_batch(bad, 0, 2, SPEC)
+
+
+def test_shard_batch_follows_the_declared_spec():
+    """Image keys and image-index keys come from the spec, not from the collator's names:
+    two index keys share the extra images they point to; without a spec rows are split."""
+    spec = BatchSpec(keys=("ids", "img", "img_mask", "idx_a", "idx_b", "names"), image_keys=("img", "img_mask", "names"),
+                     image_index_keys=("idx_a", "idx_b"))
+    b = {"ids": torch.arange(4).unsqueeze(1), "img": torch.arange(4.0).view(4, 1, 1) * 10,
+         "img_mask": torch.ones(4, 2, dtype=torch.long), "idx_a": torch.tensor([3, 0, 1, 2]),
+         "idx_b": torch.tensor([2, 3, 1, 0]), "names": ["a", "b", "c", "d"], "scale": torch.tensor(2.0)}
+    s = shard_batch(b, 0, 2, spec)
+    assert s["ids"].tolist() == [[0], [1]] and s["scale"] is b["scale"]
+    assert s["img"].flatten().tolist() == [0.0, 10.0, 20.0, 30.0]  # own rows 0, 1, then rows 2 and 3
+    assert s["names"] == ["a", "b", "c", "d"] and s["img_mask"].shape == (4, 2)
+    for key in ("idx_a", "idx_b"):  # each pair still sees the image the global batch gave it
+        torch.testing.assert_close(s["img"][s[key]], b["img"][b[key][:2]])
+    s1 = shard_batch(b, 1, 2, spec)
+    assert s1["img"].flatten().tolist() == [20.0, 30.0, 0.0, 10.0]
+    torch.testing.assert_close(s1["img"][s1["idx_b"]], b["img"][b["idx_b"][2:]])
+    plain = shard_batch(b, 1, 2)
+    assert plain["img"].flatten().tolist() == [20.0, 30.0] and plain["idx_a"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="idx_b must be a"):
+        shard_batch(dict(b, idx_b=torch.zeros(3, dtype=torch.long)), 0, 2, spec)
 
 
 @needs_sharded_objective
@@ -395,7 +420,7 @@ def test_sharded_objective_averages_to_the_global_objective(batch):
     tok, b = batch
     model = _model(tok).eval()
     glob = PretrainingObjective(mlm_weight=1.0, itm_weight=1.0, itc_weight=1.0)
-    shards = [shard_batch(b, r, 2) for r in range(2)]
+    shards = [shard_batch(b, r, 2, SPEC) for r in range(2)]
     with torch.no_grad():
         want_total, want = glob(model, b)
         embeds = []
@@ -422,11 +447,11 @@ def test_sharded_objective_averages_to_the_global_objective(batch):
 
 def test_sharded_stream_state_is_the_global_position(batch):
     tok, _ = batch
-    plain, sharded = _stream(tok), ShardedBatchStream(_stream(tok), rank=1, world_size=2)
+    plain, sharded = _stream(tok), ShardedBatchStream(_stream(tok), rank=1, world_size=2, spec=SPEC)
     assert sharded.batch_size == GLOBAL_BATCH // 2 and sharded.global_batch_size == GLOBAL_BATCH
     next(plain), next(sharded)
     assert sharded.state_dict() == plain.state_dict()
-    want = shard_batch(next(plain), 1, 2)
+    want = shard_batch(next(plain), 1, 2, SPEC)
     got = next(sharded)
     torch.testing.assert_close(got["mlm_input_ids"], want["mlm_input_ids"])
     with pytest.raises(ValueError, match="not divisible"):
@@ -455,17 +480,42 @@ def test_single_process_context_and_fallbacks(monkeypatch):
 
 
 def test_fsdp_units_are_called_through_forward(batch):
-    tok, _ = batch
+    """The units are the modules of the types the model declares, none inside another, and
+    every one runs its own forward in a training step (FSDP2 gathers a unit's parameters
+    only then)."""
+    tok, b = batch
     model = _model(tok)
+    types = model.fsdp_unit_types()
+    assert types and all(isinstance(t, type) for t in types)
     units = fsdp_units(model)
-    names = {n for n, m in model.named_modules() if any(m is u for u in units)}
-    assert "bridgetower.fusion.text_layers.0.self_attn" in names  # a sub-block, not the whole layer
-    assert "bridgetower.fusion.text_layers.0" not in names
-    assert "bridgetower.fusion.text_bridges.0" in names  # a layer without parameterised children
+    assert units and all(isinstance(u, types) for u in units)
     for u in units:  # no unit inside another
         assert not any(v is not u and any(m is v for m in u.modules()) for v in units)
+    covered = {id(m) for u in units for m in u.modules()}
+    assert all(id(m) in covered for m in model.modules() if isinstance(m, types) and any(True for _ in m.parameters()))
+    called = set()
+    hooks = [u.register_forward_pre_hook(lambda m, args, i=i: called.add(i)) for i, u in enumerate(units)]
+    try:
+        PretrainingObjective(mlm_weight=1.0, itm_weight=1.0, itc_weight=1.0)(model, shard_batch(b, 0, 1, SPEC))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert called == set(range(len(units))), [type(units[i]).__name__ for i in set(range(len(units))) - called]
+    assert fsdp_units(model, types=(torch.nn.Embedding,)) == [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     opt, _ = _optim(model)
     assert canonical_optimizer_state_dict(model, opt) == opt.state_dict()
+
+
+def test_distributed_trainer_shards_by_the_model_spec(tmp_path, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    tok = _tokenizer()
+    ctx = init_distributed(device="cpu")
+    model = _model(tok)
+    par = parallelize(model, PretrainingObjective(), ctx, strategy="ddp")
+    opt, sched = _optim(model)
+    trainer = DistributedTrainer(par, opt, _stream(tok), _config(tmp_path / "one"), scheduler=sched)
+    assert isinstance(trainer.stream, ShardedBatchStream) and trainer.stream.spec is SPEC
 
 
 if __name__ == "__main__":  # run by torchrun from the `runs` fixture

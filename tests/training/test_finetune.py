@@ -84,6 +84,18 @@ def test_nlvr2_objective_is_ce_and_passes_the_second_image():
         NLVR2Objective()(model, _batch(3, labels=torch.tensor(labels)))
 
 
+def test_nlvr2_objective_gives_each_image_its_own_mask():
+    model = _Fixed([[0.0, 1.0]])
+    mask, mask_2 = torch.ones(1, 8, 8, dtype=torch.long), torch.zeros(1, 8, 8, dtype=torch.long)
+    batch = _batch(1, labels=torch.tensor([1]), pixel_values_2=torch.ones(1, 3, 8, 8), pixel_mask=mask,
+                   pixel_mask_2=mask_2)
+    NLVR2Objective()(model, batch)
+    args, kwargs = model.calls[0]
+    assert args[3] is mask and kwargs["pixel_mask_2"] is mask_2
+    NLVR2Objective()(model, _batch(1, labels=torch.tensor([1]), pixel_values_2=torch.ones(1, 3, 8, 8)))
+    assert model.calls[1][1]["pixel_mask_2"] is None
+
+
 def test_snli_ve_objective_is_three_way_ce():
     logits = [[0.1, 0.2, 0.3], [2.0, -1.0, 0.0]]
     labels = [2, 1]
@@ -144,8 +156,12 @@ def test_irtr_objective_matches_the_model_loss(tiny):
 
 
 def test_registry():
-    assert {"vqa", "nlvr2", "snli-ve", "irtr"} <= set(TASKS)
+    assert {"vqa", "nlvr2", "snli-ve", "irtr", "image-cls", "text-cls-pair"} <= set(TASKS)
+    assert all("_" not in name for name in TASKS) and set(TASKS) <= set(OFFICIAL_RECIPES)
     assert get_task("snli_ve") is TASKS["snli-ve"]
+    bad = TaskSpec("snli_ve2", BridgeTowerForSNLIVE, SNLIVEObjective, synthetic=None, arrow=None, collate=lambda *a: None)
+    with pytest.raises(ValueError, match="hyphens"):
+        register_task(bad)
     with pytest.raises(ValueError, match="registered tasks"):
         get_task("captioning")
     with pytest.raises(ValueError, match="already registered"):
@@ -176,7 +192,8 @@ def test_pretrained_encoder_is_copied_and_adapted(tiny):
     torch.testing.assert_close(tt[2], tt[1], rtol=0, atol=0)
     for key in ("fusion.text_layers.0.self_attn.query.weight", "cross_modal_image_transform.weight"):
         torch.testing.assert_close(dst[key], src[key], rtol=0, atol=0)
-    assert len(report["extended"]) == 2
+    assert len(report["extended"]) == 2 and any("row 2 = row 1" in e for e in report["extended"])
+    assert set(report) == {"pretrained", "copied", "extended", "head"} and len(report["copied"]) >= len(dst) - 2
 
     irtr, _ = build_task_model("irtr", pretrained=source)
     torch.testing.assert_close(irtr.rank_output.fc.weight, source.itm_score.fc.weight[1:2], rtol=0, atol=0)

@@ -7,12 +7,11 @@ import torch
 from torch import nn
 
 from bridgetower.layers.bridge import create_bridge
+from bridgetower.models.base import no_weight_decay_names
 from bridgetower.training.optim import (
     WarmupLinearDecay,
     build_optimizer,
     build_scheduler,
-    is_no_decay,
-    lr_multiplier_for,
     param_groups,
 )
 
@@ -39,7 +38,8 @@ class _Heads(nn.Module):
 
 
 class _Standin(nn.Module):
-    """Parameter names shaped like BridgeTowerForPretraining's."""
+    """Parameter names shaped like BridgeTowerForPretraining's; declares its roles the way
+    the real models do (by submodule)."""
 
     def __init__(self):
         super().__init__()
@@ -55,6 +55,18 @@ class _Standin(nn.Module):
         self.mlm_score.transform = _Tower()
         self.frozen = nn.Linear(2, 2)
         self.frozen.requires_grad_(False)
+
+    def parameter_roles(self):
+        def role(name):
+            parts = name.split(".")
+            if parts[0] != "bridgetower":
+                return "head"
+            return "uni_modal" if parts[1] in ("text_model", "vision_model", "token_type_embeddings") else "cross_modal"
+
+        return {n: role(n) for n, _ in self.named_parameters()}
+
+    def no_weight_decay(self):
+        return no_weight_decay_names(self)
 
 
 def _lookup(groups):
@@ -113,20 +125,42 @@ def test_build_optimizer_defaults_follow_the_recipe():
         assert g["weight_decay"] in (0.0, 0.01)
 
 
-def test_lr_multiplier_rule_matches_components_not_substrings():
-    assert lr_multiplier_for("bridgetower.fusion.text_layers.0.self_attn.query.weight") == 5.0
-    assert lr_multiplier_for("cross_modal_image_pooler.dense.weight") == 5.0
-    assert lr_multiplier_for("itc_text_head.fc.weight", head_multiplier=3.0) == 3.0
-    # 'fusion' inside a longer component that does not start with it: uni-modal
-    assert lr_multiplier_for("text_model.model.encoder.layer.0.confusion.weight") == 1.0
-    assert lr_multiplier_for("vision_model.visual.transformer.resblocks.0.attn.in_proj_weight") == 1.0
+def test_undeclared_model_trains_at_the_base_rate_with_the_default_decay_rule():
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+            self.norm = nn.LayerNorm(2)
+            self.bridge = create_bridge("add", 2)
+
+    groups = param_groups(Plain(), lr=1e-3, weight_decay=0.01)
+    got = _lookup(groups)
+    assert got == {
+        "fc.weight": (1e-3, 0.01),
+        "fc.bias": (1e-3, 0.0),
+        "norm.weight": (1e-3, 0.0),
+        "norm.bias": (1e-3, 0.0),
+        "bridge.weight": (1e-3, 0.0),
+        "bridge.bias": (1e-3, 0.0),
+    }
 
 
-def test_is_no_decay():
-    assert is_no_decay(nn.Linear(2, 2), "bias")
-    assert not is_no_decay(nn.Linear(2, 2), "weight")
-    assert is_no_decay(nn.LayerNorm(2), "weight")
-    assert is_no_decay(create_bridge("add", 4), "weight")
+def test_no_weight_decay_names():
+    m = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), create_bridge("scaled_add", 2))
+    assert no_weight_decay_names(m) == {"0.bias", "1.weight", "1.bias", "2.weight", "2.bias"}
+
+
+def test_unknown_role_is_refused():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def parameter_roles(self):
+            return {"fc.weight": "fusion", "fc.bias": "head"}
+
+    with pytest.raises(ValueError, match="unknown roles"):
+        param_groups(Odd(), lr=1.0)
 
 
 @pytest.mark.parametrize(

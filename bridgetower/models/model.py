@@ -21,54 +21,33 @@ Parameter names follow the Hugging Face port where the module is the same
 ``text_model.model.*`` (``transformers`` names); the fusion is ``fusion.*``
 (``text_layers.N``, ``image_layers.N``, ``text_bridges.K``, ``image_bridges.K``).
 :mod:`bridgetower.models.convert` maps them to and from the HF and official checkpoints.
+
+The model has one attention backend (:meth:`BridgeTowerModel.set_attention_backend`, or
+``config.attn_backend``), validated once and set on every attention of the fusion layers and
+both towers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ..layers.co_attention import CoAttentionFusion
+from ..kernels import check_attention_backend
+from ..layers.attention import MultiHeadAttention
+from ..layers.bridge import Bridge
+from ..layers.co_attention import CoAttentionFusion, CoAttentionLayer
 from ..layers.heads import Pooler
+from .base import BridgeTowerPreTrainedModel
 from .config import BridgeTowerConfig
-from .text import TransformersTextEncoder
-from .vision import OpenCLIPVisionEncoder
+from .outputs import BridgeTowerOutput
+from .towers.text import TransformersTextEncoder
+from .towers.vision import OpenCLIPVisionEncoder
 
-__all__ = [
-    "BridgeTowerModel",
-    "BridgeTowerOutput",
-    "BridgeTowerPreTrainedMixin",
-    "patch_mask_from_pixel_mask",
-]
+__all__ = ["BridgeTowerModel", "patch_mask_from_pixel_mask"]
 
-
-@dataclass
-class BridgeTowerOutput:
-    """What :class:`BridgeTowerModel` returns.
-
-    Attributes:
-        text_features: ``(B, L, H)`` last cross-modal text layer output.
-        image_features: ``(B, 1 + P, H)`` last cross-modal image layer output.
-        pooler_output: ``(B, 2H)`` ``[tanh(P_t text CLS); tanh(P_v image CLS)]``.
-        text_hidden_states: the ``N`` tapped text-tower states ``(B, L, H_text)``, bottom to
-            top (the last one is the text tower's output).
-        image_hidden_states: the ``N`` tapped vision states after ``ln_post``
-            ``(B, 1 + P, H_vision)``, bottom to top.
-        cross_hidden_states: with ``output_hidden_states=True``, one ``(text, image)`` pair per
-            cross-modal layer; otherwise ``None``.
-    """
-
-    text_features: torch.Tensor
-    image_features: torch.Tensor
-    pooler_output: torch.Tensor
-    text_hidden_states: tuple[torch.Tensor, ...] | None = None
-    image_hidden_states: tuple[torch.Tensor, ...] | None = None
-    cross_hidden_states: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+#: Top-level submodules of :class:`BridgeTowerModel` trained at the towers' learning rate
+#: (the modality token types too, as in the official recipe); the rest is cross-modal.
+_UNI_MODAL_CHILDREN = ("vision_model", "text_model", "token_type_embeddings")
 
 
 def patch_mask_from_pixel_mask(
@@ -91,30 +70,7 @@ def patch_mask_from_pixel_mask(
     return torch.cat([m.new_ones(b, 1), m], dim=1)  # (B, 1 + P)
 
 
-class BridgeTowerPreTrainedMixin:
-    """Loading and saving shared by :class:`BridgeTowerModel` users and the task models."""
-
-    config: BridgeTowerConfig
-
-    @classmethod
-    def from_pretrained(cls, source: Any, *, strict: bool = True, **overrides: Any):
-        """Load weights: our directory (``config.json`` + ``model.safetensors``), a HF
-        BridgeTower checkpoint (directory, hub name, or in-memory ``transformers`` model), or
-        an official ``.ckpt``.  See :func:`bridgetower.models.convert.load_pretrained`."""
-        from .convert import load_pretrained
-
-        # eval mode, as transformers returns it: the model card's snippets run no model.eval()
-        return load_pretrained(cls, source, strict=strict, **overrides).eval()
-
-    def save_pretrained(self, directory: str | Path, *, format: str = "bridgetower") -> None:
-        """Save to ``directory``: ``format="bridgetower"`` (default; safetensors + JSON) or
-        ``"hf"`` (a directory ``transformers`` loads)."""
-        from .convert import save_pretrained
-
-        save_pretrained(self, directory, format=format)
-
-
-class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
+class BridgeTowerModel(BridgeTowerPreTrainedModel):
     """The BridgeTower encoder (no task head).
 
     Args:
@@ -154,6 +110,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
             mlp_ratio=fc.mlp_ratio,
             dropout=fc.dropout,
             attn_dropout=fc.attn_dropout,
+            act=fc.hidden_act,
             eps=fc.layer_norm_eps,
             bridge_eps=fc.bridge_layer_norm_eps,
             attn_backend=config.attn_backend,
@@ -164,8 +121,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
         self._reset_own_parameters()
         if config.gradient_checkpointing:
             self.set_gradient_checkpointing(True)
-        if config.attn_backend is not None:
-            self.set_attention_backend(config.attn_backend)
+        self.set_attention_backend(config.attn_backend)
 
     # ------------------------------------------------------------------ set-up
 
@@ -197,21 +153,35 @@ class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
         self.fusion.gradient_checkpointing = bool(enable)
 
     def set_attention_backend(self, backend: str | None) -> None:
-        """Attention backend of the whole model (``None`` automatic, ``"sdpa"``, ``"math"``,
-        ``"chunked"``, ``"xformers"``): the fusion layers and the vision tower's blocks use
-        it; the ``transformers`` text tower runs eager attention for ``"math"`` and SDPA
-        for anything else."""
-        from ..layers.attention import MultiHeadAttention, select_attention_backend  # noqa: F401
-
-        if backend is not None:
-            from ..layers import attention as _attn
-
-            _attn._check_backend_name(backend)
+        """The one attention backend of the whole model (``None``: chosen per call by
+        capability; ``"sdpa"``, ``"chunked"``, ``"math"``, ``"xformers"``): validated here,
+        once, and set on every attention of the fusion layers, the vision tower and the text
+        tower."""
+        check_attention_backend(backend)
         for m in self.fusion.modules():
             if isinstance(m, MultiHeadAttention):
                 m.backend = backend
         self.vision_model.set_attention_backend(backend)
-        self.text_model.set_attn_implementation("eager" if backend == "math" else "sdpa")
+        self.text_model.set_attention_backend(backend)
+        self.attn_backend = backend
+
+    # ------------------------------------------------------------------ declarations
+
+    def parameter_roles(self) -> dict[str, str]:
+        """``"uni_modal"`` for the towers and the modality token types, else ``"cross_modal"``."""
+        return {
+            name: "uni_modal" if name.split(".", 1)[0] in _UNI_MODAL_CHILDREN else "cross_modal"
+            for name, _ in self.named_parameters()
+        }
+
+    def fsdp_unit_types(self) -> tuple[type[nn.Module], ...]:
+        """The towers' blocks, the co-attention layers and the bridges."""
+        return (
+            *self.vision_model.block_types(),
+            *self.text_model.block_types(),
+            CoAttentionLayer,
+            Bridge,
+        )
 
     @property
     def num_layers(self) -> int:
@@ -276,18 +246,14 @@ class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
         image_inputs = [self.cross_modal_image_transform(v) + e_image for v in image_states]
         text_inputs[0] = self.cross_modal_text_layernorm(text_inputs[0])
         image_inputs[0] = self.cross_modal_image_layernorm(image_inputs[0])
-        if pooled_only:
-            fused = self._fuse_first_token_last(
-                text_inputs, image_inputs, attention_mask, image_mask, output_hidden_states
-            )
-        else:
-            fused = self.fusion(
-                text_inputs,
-                image_inputs,
-                text_mask=attention_mask,
-                image_mask=image_mask,
-                return_all_layers=output_hidden_states,
-            )
+        fused = self.fusion(
+            text_inputs,
+            image_inputs,
+            text_mask=attention_mask,
+            image_mask=image_mask,
+            return_all_layers=output_hidden_states,
+            cls_only_last=pooled_only,
+        )
         if output_hidden_states:
             texts, images = fused
             text_features, image_features = texts[-1], images[-1]
@@ -307,37 +273,6 @@ class BridgeTowerModel(BridgeTowerPreTrainedMixin, nn.Module):
             image_hidden_states=tuple(image_states),
             cross_hidden_states=cross,
         )
-
-    def _fuse_first_token_last(self, text_inputs, image_inputs, text_mask, image_mask, all_layers):
-        """The fusion loop of :class:`CoAttentionFusion` with the last layer run for the CLS
-        query only (keys and values still span every token, so the CLS outputs are exact)."""
-        f = self.fusion
-        n = f.num_layers
-        x_in, y_in = text_inputs[0], image_inputs[0]
-        texts: list[torch.Tensor] = []
-        images: list[torch.Tensor] = []
-        for i in range(n):
-            if i > 0:
-                x_in = f.text_bridges[i - 1](text_inputs[i], texts[-1])
-                y_in = f.image_bridges[i - 1](image_inputs[i], images[-1])
-            if i < n - 1:
-                texts.append(f._layer(f.text_layers[i], x_in, y_in, text_mask, image_mask))
-                images.append(f._layer(f.image_layers[i], y_in, x_in, image_mask, text_mask))
-            else:
-                texts.append(self._first_token_layer(f.text_layers[i], x_in, y_in, text_mask, image_mask))
-                images.append(self._first_token_layer(f.image_layers[i], y_in, x_in, image_mask, text_mask))
-        return (texts, images) if all_layers else (texts[-1], images[-1])
-
-    def _first_token_layer(self, layer, x, other, x_mask, other_mask):
-        def run(x, other, x_mask, other_mask):
-            q = x[:, :1]  # (B, 1, H): the CLS query against all keys of its own stream
-            h = layer.self_norm(layer.drop(layer.self_attn(q, x, key_padding_mask=x_mask)), q)
-            h = layer.cross_norm(layer.drop(layer.cross_attn(h, other, key_padding_mask=other_mask)), h)
-            return layer.mlp_norm(layer.drop(layer.mlp(h)), h)
-
-        if self.fusion.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(run, x, other, x_mask, other_mask, use_reentrant=False)
-        return run(x, other, x_mask, other_mask)
 
     def forward(
         self,

@@ -1,9 +1,14 @@
 """The text tower: any ``transformers`` encoder, returning its top hidden states.
 
 Built from :class:`TextConfig` through ``AutoConfig.for_model`` / ``AutoModel.from_config``
-(random weights, no network); RoBERTa for the published sizes.  Attention is ``transformers``'
-SDPA implementation by default (``TextConfig.attn_implementation="eager"`` for the explicit
-path).  The encoder's pooler is not built (BridgeTower never uses it).
+(random weights, no network); RoBERTa for the published sizes.  The encoder's pooler is not
+built (BridgeTower never uses it).
+
+Attention runs through our capability-dispatched :func:`bridgetower.kernels.attention`, like
+the fusion layers and the vision tower: the encoder is built with the attention
+implementation ``"bridgetower"``, which this module registers with ``transformers``'
+``AttentionInterface`` (keys padding from the mask ``transformers`` builds for SDPA).  The
+backend is the model's one setting (:meth:`TransformersTextEncoder.set_attention_backend`).
 
 Parameter names are those of the ``transformers`` model under ``model.``, e.g.
 ``model.embeddings.word_embeddings.weight``, ``model.encoder.layer.N.*``.
@@ -11,12 +16,45 @@ Parameter names are those of the ``transformers`` model under ``model.``, e.g.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
-from .config import TextConfig
+from ...kernels import attention
+from ..config import TextConfig
 
-__all__ = ["TransformersTextEncoder"]
+__all__ = ["ATTN_IMPLEMENTATION", "TransformersTextEncoder"]
+
+#: The name under which our attention is registered with ``transformers``.
+ATTN_IMPLEMENTATION = "bridgetower"
+
+
+def _text_attention(module: nn.Module, query, key, value, attention_mask, scaling=None,
+                    dropout: float = 0.0, **kwargs):
+    """``transformers`` attention-interface function: (B, H, L, Dh) tensors in, ``(B, L, H,
+    Dh)`` out, through our dispatcher with the backend set on ``module``."""
+    key_padding_mask = None
+    if attention_mask is not None:
+        # the SDPA mask of a bidirectional encoder: bool (B, 1, Lq, Lk), True = attend, the
+        # same for every query row; padding is its first row
+        if attention_mask.dtype != torch.bool or attention_mask.ndim != 4:
+            raise ValueError(
+                f"unexpected text attention mask {attention_mask.dtype} {tuple(attention_mask.shape)}"
+            )
+        key_padding_mask = attention_mask[:, 0, 0, :]
+    out = attention(query, key, value, key_padding_mask=key_padding_mask, dropout_p=dropout,
+                    scale=scaling, backend=getattr(module, "attn_backend", None))
+    return out.transpose(1, 2), None  # (B, L, H, Dh)
+
+
+@functools.cache
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _text_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
 
 class TransformersTextEncoder(nn.Module):
@@ -53,9 +91,8 @@ class TransformersTextEncoder(nn.Module):
         kwargs = {}
         if "add_pooling_layer" in _init_params(config.model_type):
             kwargs["add_pooling_layer"] = False
-        self.model = AutoModel.from_config(
-            hf_config, attn_implementation=config.attn_implementation, **kwargs
-        )
+        _register_attention()
+        self.model = AutoModel.from_config(hf_config, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
         if device is not None or dtype is not None:
             self.model.to(device=device, dtype=dtype)
 
@@ -71,11 +108,18 @@ class TransformersTextEncoder(nn.Module):
         """The ``transformers`` initialisation of the encoder."""
         self.model.init_weights()
 
-    def set_attn_implementation(self, name: str) -> None:
-        """Switch between ``"sdpa"`` and ``"eager"`` attention."""
-        if name not in ("sdpa", "eager"):
-            raise ValueError(f"text attention implementation must be 'sdpa' or 'eager', got {name!r}")
-        self.model.set_attn_implementation(name)
+    def attention_modules(self) -> list[nn.Module]:
+        """The encoder's attention modules (those that call the attention interface)."""
+        return [m for m in self.model.modules() if hasattr(m, "attention_head_size") and hasattr(m, "query")]
+
+    def set_attention_backend(self, backend: str | None) -> None:
+        """Attention backend of every layer (``None``: chosen per call); validated by the caller."""
+        for m in self.attention_modules():
+            m.attn_backend = backend
+
+    def block_types(self) -> tuple[type[nn.Module], ...]:
+        """Types of the encoder's layers (the items of its layer lists), for FSDP units."""
+        return tuple({type(item) for m in self.model.modules() if isinstance(m, nn.ModuleList) for item in m})
 
     def set_gradient_checkpointing(self, enable: bool = True) -> None:
         kwargs = {"use_reentrant": False}
@@ -105,7 +149,7 @@ class TransformersTextEncoder(nn.Module):
         c = self.config
         return (
             f"{c.model_type}, hidden={c.hidden_size}, layers={c.num_layers}, heads={c.num_heads}, "
-            f"attn={c.attn_implementation}, num_outputs={self.num_outputs}"
+            f"num_outputs={self.num_outputs}"
         )
 
 

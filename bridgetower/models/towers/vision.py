@@ -24,29 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers.attention import _check_backend_name, attention
-from ..layers.co_attention import act_linear
-from .config import VisionConfig
+from ...kernels import act_linear, attention, check_attention_backend, layer_norm_linear, quick_gelu
+from ..config import VisionConfig
 
 __all__ = ["OpenCLIPVisionEncoder", "QuickGELU", "resize_pos_embed"]
-
-
-class _QuickGELUFn(torch.autograd.Function):
-    """``x * sigmoid(1.702 x)`` saving only ``x`` for backward (recomputes the sigmoid)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x * 1.702).sigmoid_().mul_(x)  # one temporary, three passes
-
-    @staticmethod
-    def backward(ctx, grad):
-        # d/dx x*s(1.702x) = s + 1.702 x s (1 - s): five passes, two temporaries
-        (x,) = ctx.saved_tensors
-        a = x * 1.702
-        s = torch.sigmoid(a)
-        a.mul_(grad)  # 1.702 x g
-        return torch.ops.aten.sigmoid_backward(a, s).addcmul_(grad, s)  # a s (1-s) + g s
 
 
 class QuickGELU(nn.Module):
@@ -57,9 +38,7 @@ class QuickGELU(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
-            return _QuickGELUFn.apply(x)
-        return x * torch.sigmoid(1.702 * x)
+        return quick_gelu(x)
 
 
 class _CLIPMLP(nn.Sequential):
@@ -121,40 +100,8 @@ class _VisionSelfAttention(nn.MultiheadAttention):
         return self.out_proj(out.transpose(1, 2).reshape(B, L, E))
 
 
-class _LayerNormLinearFn(torch.autograd.Function):
-    """``linear(layer_norm(x), weight, bias)`` keeping ``x`` and the row statistics instead
-    of the normalised tensor, which the backward recomputes (one pass)."""
-
-    @staticmethod
-    def forward(ctx, x, ln_weight, ln_bias, eps, weight, bias):
-        y, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
-        ctx.save_for_backward(x, mean, rstd, ln_weight, ln_bias, weight)
-        ctx.eps = eps
-        return F.linear(y, weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, mean, rstd, ln_weight, ln_bias, weight = ctx.saved_tensors
-        need_x, need_lw, need_lb, _, need_w, need_b = ctx.needs_input_grad
-        D = x.shape[-1]
-        g2 = grad.reshape(-1, grad.shape[-1])
-        gx = glw = glb = gw = gb = None
-        if need_w:
-            y = torch.native_layer_norm(x, (D,), ln_weight, ln_bias, ctx.eps)[0]
-            gw = g2.t().mm(y.reshape(-1, D))
-            del y
-        if need_b:
-            gb = g2.sum(0)
-        if need_x or need_lw or need_lb:
-            gx, glw, glb = torch.ops.aten.native_layer_norm_backward(
-                grad.matmul(weight), x, [D], mean, rstd, ln_weight, ln_bias,
-                [need_x, need_lw, need_lb])
-        return gx, glw, glb, None, gw, gb
-
-
 def _layer_norm_linear(x: torch.Tensor, ln: nn.LayerNorm, linear_weight, linear_bias):
-    return _LayerNormLinearFn.apply(x, ln.weight, ln.bias, ln.eps, linear_weight, linear_bias)
+    return layer_norm_linear(x, ln.weight, ln.bias, ln.eps, linear_weight, linear_bias)
 
 
 class _CLIPBlock(nn.Module):
@@ -164,7 +111,7 @@ class _CLIPBlock(nn.Module):
     ``forward(q_x, k_x=None, v_x=None, attn_mask=None)`` is open_clip's self-attention
     block.  In training (grad enabled, no autocast, not compiling, parameters in the input's
     dtype, no LayerScale, no mask) both LayerNorms are fused with the Linear after them
-    (:class:`_LayerNormLinearFn`): the block keeps two fewer ``(B, L, W)`` tensors for the
+    (:func:`~bridgetower.kernels.layer_norm_linear`): the block keeps two fewer ``(B, L, W)`` tensors for the
     backward, about 190 MB at 576 px, batch 2, over the 12 blocks of ViT-B/16.  A module of
     its own (not a function applied to open_clip's block) so that module hooks, e.g.
     FSDP2's unsharding, see the parameters used.
@@ -320,9 +267,13 @@ class OpenCLIPVisionEncoder(nn.Module):
 
     def set_attention_backend(self, backend: str | None) -> None:
         """Attention backend of every block (``None``: chosen per call)."""
-        _check_backend_name(backend)
+        check_attention_backend(backend)
         for block in self.visual.transformer.resblocks:
             block.attn.backend = backend
+
+    def block_types(self) -> tuple[type[nn.Module], ...]:
+        """Types of the transformer blocks, for FSDP units."""
+        return (_CLIPBlock,)
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch + class + position embeddings and ``ln_pre``: ``(B, 1 + gh*gw, width)``."""
