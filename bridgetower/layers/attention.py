@@ -95,11 +95,16 @@ class MultiHeadAttention(nn.Module):
         context: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        *,
+        need_weights: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B, Lq, dim); context: (B, Lk, kv_dim) or None (self-attention).
 
         key_padding_mask: (B, Lk), True/1 = real token. attn_bias: broadcastable to
-        (B, num_heads, Lq, Lk). Returns (B, Lq, dim).
+        (B, num_heads, Lq, Lk). Returns (B, Lq, dim); with ``need_weights`` also the
+        attention probabilities (B, num_heads, Lq, Lk), differentiable (computed by the
+        ``math`` backend whatever ``backend`` is set; see
+        :func:`~bridgetower.kernels.attention`).
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"MultiHeadAttention: x must be (B, Lq, {self.dim}), got "
@@ -118,9 +123,13 @@ class MultiHeadAttention(nn.Module):
         k = self._heads(self.key(context))
         v = self._heads(self.value(context))
         o = attention(q, k, v, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
-                      dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
+                      dropout_p=self.dropout if self.training else 0.0, backend=self.backend,
+                      return_probs=need_weights)
+        probs = None
+        if need_weights:
+            o, probs = o
         o = o.transpose(1, 2).reshape(B, Lq, self.dim)  # (B, Lq, dim)
-        return self.proj(o)
+        return (self.proj(o), probs) if need_weights else self.proj(o)
 
     def extra_repr(self) -> str:
         s = f"{self.dim}, num_heads={self.num_heads}"

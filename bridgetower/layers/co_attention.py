@@ -159,18 +159,26 @@ class CoAttentionLayer(nn.Module):
         other_mask: torch.Tensor | None = None,
         *,
         cls_only: bool = False,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, Lx, dim); other: (B, Lo, kv_dim); masks (B, Lx), (B, Lo), True/1 = real.
 
         Returns (B, Lx, dim), or with ``cls_only=True`` (B, 1, dim): the first query row
         only (its keys and values still span all of ``x`` and ``other``), exactly
-        ``forward(...)[:, :1]`` in evaluation. No checks of its own: the attentions
+        ``forward(...)[:, :1]`` in evaluation. With ``output_attentions=True`` returns
+        ``(out, self_probs, cross_probs)``, the attention probabilities (B, heads, Lx, Lx)
+        and (B, heads, Lx, Lo), differentiable. No checks of its own: the attentions
         validate shapes and masks.
         """
         q = x[:, :1] if cls_only else x  # (B, 1, dim) or (B, Lx, dim)
-        h = self.self_norm(self.drop(self.self_attn(q, x, key_padding_mask=x_mask)), q)
-        h = self.cross_norm(self.drop(self.cross_attn(h, other, key_padding_mask=other_mask)), h)
-        return self.mlp_norm(self.drop(self.mlp(h)), h)
+        a = self.self_attn(q, x, key_padding_mask=x_mask, need_weights=output_attentions)
+        a, self_probs = a if output_attentions else (a, None)
+        h = self.self_norm(self.drop(a), q)
+        c = self.cross_attn(h, other, key_padding_mask=other_mask, need_weights=output_attentions)
+        c, cross_probs = c if output_attentions else (c, None)
+        h = self.cross_norm(self.drop(c), h)
+        out = self.mlp_norm(self.drop(self.mlp(h)), h)
+        return (out, self_probs, cross_probs) if output_attentions else out
 
     def extra_repr(self) -> str:
         s = f"{self.dim}, num_heads={self.num_heads}"
@@ -252,11 +260,11 @@ class CoAttentionFusion(nn.Module):
                   *self.image_bridges):
             m.reset_parameters()
 
-    def _layer(self, layer, x, other, x_mask, other_mask, cls_only):
+    def _layer(self, layer, x, other, x_mask, other_mask, cls_only, output_attentions):
+        kw = {"cls_only": cls_only, "output_attentions": output_attentions}
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(layer, x, other, x_mask, other_mask, cls_only=cls_only,
-                              use_reentrant=False)
-        return layer(x, other, x_mask, other_mask, cls_only=cls_only)
+            return checkpoint(layer, x, other, x_mask, other_mask, use_reentrant=False, **kw)
+        return layer(x, other, x_mask, other_mask, **kw)
 
     def forward(
         self,
@@ -267,7 +275,8 @@ class CoAttentionFusion(nn.Module):
         *,
         return_all_layers: bool = False,
         cls_only_last: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
+        output_attentions: bool = False,
+    ) -> tuple:
         """Run both stacks.
 
         Args:
@@ -280,10 +289,15 @@ class CoAttentionFusion(nn.Module):
             cls_only_last: run the last layer of both stacks for the first (CLS) row only
                 (:class:`CoAttentionLayer` ``cls_only``): the last outputs are then
                 (B, 1, dim), equal to the full run's first rows in evaluation.
+            output_attentions: also return, per layer, the attention probabilities
+                ``(text_self, image_self, text_cross, image_cross)``: (B, heads, Lt, Lt),
+                (B, heads, Li, Li), (B, heads, Lt, Li), (B, heads, Li, Lt) (these
+                attentions run on the ``math`` backend).
 
         Returns:
             ``(text, image)``: (B, Lt, dim) and (B, Li, dim) after the last layer (or the
-            two lists of per-layer outputs).
+            two lists of per-layer outputs); with ``output_attentions`` a third element, the
+            list of per-layer probability 4-tuples.
         """
         n = self.num_layers
         for name, seq in (("text_inputs", text_inputs), ("image_inputs", image_inputs)):
@@ -295,17 +309,21 @@ class CoAttentionFusion(nn.Module):
                                  f"(one per cross-modal layer), got {got}")
 
         x_in, y_in = text_inputs[0], image_inputs[0]
-        texts, images = [], []
+        texts, images, probs = [], [], []
         for i in range(n):
             if i > 0:
                 x_in = self.text_bridges[i - 1](text_inputs[i], texts[-1])
                 y_in = self.image_bridges[i - 1](image_inputs[i], images[-1])
             cls = cls_only_last and i == n - 1
-            texts.append(self._layer(self.text_layers[i], x_in, y_in, text_mask, image_mask, cls))
-            images.append(self._layer(self.image_layers[i], y_in, x_in, image_mask, text_mask, cls))
-        if return_all_layers:
-            return texts, images
-        return texts[-1], images[-1]
+            t = self._layer(self.text_layers[i], x_in, y_in, text_mask, image_mask, cls, output_attentions)
+            v = self._layer(self.image_layers[i], y_in, x_in, image_mask, text_mask, cls, output_attentions)
+            if output_attentions:
+                (t, t_self, t_cross), (v, v_self, v_cross) = t, v
+                probs.append((t_self, v_self, t_cross, v_cross))
+            texts.append(t)
+            images.append(v)
+        out = (texts, images) if return_all_layers else (texts[-1], images[-1])
+        return (*out, probs) if output_attentions else out
 
     def extra_repr(self) -> str:
         return (f"{self.dim}, num_layers={self.num_layers}, num_heads={self.num_heads}, "

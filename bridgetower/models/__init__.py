@@ -9,6 +9,7 @@ from . import (
     downstream,
     factory,
     layer_keys,
+    managertower,
     model,
     outputs,
     pretraining,
@@ -24,6 +25,7 @@ from .config import *  # noqa: F403
 from .downstream import *  # noqa: F403
 from .factory import *  # noqa: F403
 from .layer_keys import *  # noqa: F403
+from .managertower import *  # noqa: F403
 from .model import *  # noqa: F403
 from .outputs import *  # noqa: F403
 from .pretraining import *  # noqa: F403
@@ -39,6 +41,7 @@ __all__ = [
     *config.__all__,
     *factory.__all__,
     *model.__all__,
+    *managertower.__all__,
     *outputs.__all__,
     *task_base.__all__,
     *tasks.__all__,

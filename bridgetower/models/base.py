@@ -20,6 +20,7 @@ nothing in :mod:`bridgetower.training` matches parameter names or class names:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,13 @@ from torch import nn
 
 from ..layers.bridge import Bridge
 from ..layers.norm import AddLayerNorm
+from .config import BridgeTowerConfig
 
 __all__ = [
     "PARAMETER_ROLES",
     "BatchSpec",
     "BridgeTowerPreTrainedModel",
+    "ModelConfig",
     "no_weight_decay_names",
 ]
 
@@ -101,33 +104,133 @@ class BatchSpec:
                 raise ValueError(f"BatchSpec.{name} {stray} are not in keys {self.keys}")
 
 
+class ModelConfig(BridgeTowerConfig):
+    """The :class:`BridgeTowerConfig` a model holds as ``model.config``: the same frozen fields
+    (equal to, and hashing as, the plain config), plus what ``transformers`` code expects of a
+    model's config:
+
+    * ``text_config`` / ``vision_config``: the towers' configs in ``transformers``' form and
+      names (``num_hidden_layers``, ``num_attention_heads``, ``vocab_size`` ...; a
+      ``transformers`` text config and a ``BridgeTowerVisionConfig``), built on access: reading
+      them is fine, changing them does not change the model (the sizes are ``config.text`` /
+      ``config.vision``);
+    * run-time attributes that are not fields may be set (``transformers.Trainer`` sets
+      ``config.use_cache``); ``output_hidden_states``, ``output_attentions`` and
+      ``return_dict`` set this way are the defaults of ``forward``, as in ``transformers``.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BridgeTowerConfig):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(BridgeTowerConfig))
+
+    __hash__ = BridgeTowerConfig.__hash__
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(BridgeTowerConfig))
+        return f"BridgeTowerConfig({inner})"
+
+    @classmethod
+    def of(cls, config: BridgeTowerConfig) -> ModelConfig:
+        if isinstance(config, ModelConfig):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(BridgeTowerConfig)})
+
+    @property
+    def text_config(self):
+        """The text tower's config in ``transformers``' form (a snapshot)."""
+        return self.text.to_transformers()
+
+    @property
+    def vision_config(self):
+        """The vision tower's config as ``transformers``' ``BridgeTowerVisionConfig`` (a snapshot)."""
+        from transformers import BridgeTowerVisionConfig
+
+        v = self.vision
+        return BridgeTowerVisionConfig(
+            hidden_size=v.width, num_hidden_layers=v.layers, patch_size=v.patch_size, image_size=v.image_size,
+            layer_norm_eps=v.layer_norm_eps, share_layernorm=not v.ln_separate,
+        )
+
+
 class BridgeTowerPreTrainedModel(nn.Module):
     """Base class: ``from_pretrained`` / ``save_pretrained`` and the training declarations
     (see the module docstring).  Subclasses set ``config`` and override
     :meth:`parameter_roles` / :meth:`fsdp_unit_types` / :attr:`batch_spec` as they need."""
 
     config: Any
+    #: where :meth:`from_pretrained` loaded the model from (``transformers``' attribute)
+    name_or_path: str | None = None
+    #: for ``transformers.Trainer``: the losses are batch means and take no ``num_items_in_batch``
+    #: (so the Trainer divides them by the gradient-accumulation steps itself)
+    accepts_loss_kwargs: ClassVar[bool] = False
     #: the batch keys of the model's training step (None: the model declares none)
     batch_spec: ClassVar[BatchSpec | None] = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "config" and type(value) is BridgeTowerConfig:
+            value = ModelConfig.of(value)  # see ModelConfig
+        super().__setattr__(name, value)
+
+    def _config_default(self, name: str, value: Any, default: Any) -> Any:
+        """``value``, or when None the run-time attribute ``config.<name>`` (see
+        :class:`ModelConfig`), or ``default``."""
+        return getattr(self.config, name, default) if value is None else value
 
     # ------------------------------------------------------------------ checkpoints
 
     @classmethod
-    def from_pretrained(cls, source: Any, *, strict: bool = True, **overrides: Any):
-        """Load weights: our directory (``config.json`` + ``model.safetensors``), a HF
-        BridgeTower checkpoint (directory, hub name, or in-memory ``transformers`` model), or
-        an official ``.ckpt``.  See :func:`bridgetower.models.convert.load_pretrained`.
-        Returned in eval mode, as ``transformers`` returns its models."""
+    def from_pretrained(cls, source: Any, *, strict: bool = True, **kwargs: Any):
+        """Load weights: our directory (``config.json`` + safetensors), a HF BridgeTower
+        checkpoint (directory, Hub id, or in-memory ``transformers`` model), or an official
+        ``.ckpt``; one weight file or shards.  ``transformers``' keywords work (``revision``,
+        ``cache_dir``, ``local_files_only``, ``token``, ``force_download``, ``dtype`` /
+        ``torch_dtype``, ``device_map``), as do ``mask_image_padding`` and config overrides;
+        others raise ``TypeError`` listing the valid ones.  See
+        :func:`bridgetower.models.convert.load_pretrained`.  Returned in eval mode, as
+        ``transformers`` returns its models."""
         from .convert import load_pretrained
 
-        return load_pretrained(cls, source, strict=strict, **overrides).eval()
+        return load_pretrained(cls, source, strict=strict, **kwargs).eval()
 
-    def save_pretrained(self, directory: str | Path, *, format: str = "bridgetower") -> None:
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        format: str = "bridgetower",
+        max_shard_size: int | str = "5GB",
+        safe_serialization: bool = True,
+        processor: Any = None,
+        tokenizer: Any = None,
+        push_to_hub: bool = False,
+        **hub_kwargs: Any,
+    ) -> None:
         """Save to ``directory``: ``format="bridgetower"`` (default; safetensors + JSON) or
-        ``"hf"`` (a directory ``transformers`` loads)."""
+        ``"hf"`` (a directory ``transformers`` loads), in shards above ``max_shard_size``,
+        with ``preprocessor_config.json`` and the tokenizer files (of ``processor`` /
+        ``tokenizer``, else of the directory the model was loaded from).  ``push_to_hub=True``
+        then uploads the same files (``hub_kwargs``: ``repo_id`` and the keywords of
+        :meth:`push_to_hub`).  See :func:`bridgetower.models.convert.save_pretrained`."""
         from .convert import save_pretrained
 
-        save_pretrained(self, directory, format=format)
+        save_pretrained(self, directory, format=format, max_shard_size=max_shard_size,
+                        safe_serialization=safe_serialization, processor=processor, tokenizer=tokenizer)
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", None) or Path(directory).name
+            self.push_to_hub(repo_id, format=format, max_shard_size=max_shard_size, processor=processor,
+                             tokenizer=tokenizer, **hub_kwargs)
+        elif hub_kwargs:
+            raise TypeError(f"save_pretrained got unexpected keyword(s) {sorted(hub_kwargs)} (Hub keywords need "
+                            "push_to_hub=True)")
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Upload the model (:meth:`save_pretrained`'s files) to the Hub repository ``repo_id``
+        with ``huggingface_hub`` (``format``, ``private``, ``token``, ``revision``,
+        ``commit_message``, ``create_pr``, ``max_shard_size``, ``processor``, ``tokenizer``).
+        Needs the network and a token with write access."""
+        from .convert import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------------ declarations
 
@@ -145,10 +248,14 @@ class BridgeTowerPreTrainedModel(nn.Module):
 
     # ------------------------------------------------------------------ conveniences
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        """Number of parameters (each tied tensor once), as ``transformers`` counts them."""
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (each tied tensor once), as ``transformers`` counts them;
+        ``exclude_embeddings`` leaves out the weights of the ``nn.Embedding`` modules."""
         return sum(
-            p.numel() for _, _, _, p in _named_own_parameters(self) if p.requires_grad or not only_trainable
+            p.numel()
+            for _, own, owner, p in _named_own_parameters(self)
+            if (p.requires_grad or not only_trainable)
+            and not (exclude_embeddings and own == "weight" and isinstance(owner, nn.Embedding))
         )
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
@@ -158,6 +265,11 @@ class BridgeTowerPreTrainedModel(nn.Module):
     def gradient_checkpointing_disable(self) -> None:
         """``transformers``' name for :meth:`set_gradient_checkpointing` ``(False)``."""
         self.set_gradient_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether some module recomputes its activations in the backward pass."""
+        return any(getattr(m, "gradient_checkpointing", False) is True for m in self.modules())
 
     def set_gradient_checkpointing(self, enable: bool = True) -> None:  # pragma: no cover
         raise NotImplementedError

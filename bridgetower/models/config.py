@@ -5,7 +5,9 @@ A model is described by four small frozen dataclasses composed into one:
 * :class:`VisionConfig` -- the open_clip ViT visual tower,
 * :class:`TextConfig` -- the ``transformers`` text encoder (RoBERTa for the published sizes),
 * :class:`FusionConfig` -- the cross-modal part (projections, bridges, co-attention layers),
-* :class:`BridgeTowerConfig` -- the three above plus the task-head sizes and the run-time
+* :class:`ManagerConfig` -- optional: the managers of a ManagerTower model (BridgeTower's
+  successor; ``manager=None``, the default, is BridgeTower),
+* :class:`BridgeTowerConfig` -- the above plus the task-head sizes and the run-time
   switches (attention backend, gradient checkpointing).
 
 They describe the *architecture* only; where the weights come from is the ``pretrained``
@@ -28,18 +30,26 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..kernels import check_activation, check_attention_backend
+from ..layers.bridge import bridge_names
+from ..layers.manager import MANAGER_ALIASES, MANAGER_WEIGHTS, manager_names
+
 __all__ = [
     "BridgeTowerConfig",
     "FusionConfig",
+    "ManagerConfig",
     "TextConfig",
     "TEXT_FIELDS_TO_HF",
     "VisionConfig",
     "apply_overrides",
+    "check_allocation",
 ]
 
 
@@ -57,6 +67,57 @@ def _check_keys(cls: type, data: dict[str, Any]) -> None:
         raise ValueError(
             f"unknown {cls.__name__} key(s): {'; '.join(hints)}. Valid keys: {', '.join(valid)}"
         )
+
+
+# ---------------------------------------------------------------- field checks
+# Every field is checked when a config is built, before anything is allocated: a model is
+# only ever constructed from a config that passed these checks.
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(owner: str, obj: Any, *, positive_int=(), optional_positive_int=(), non_negative_int=(),
+           positive=(), non_negative=(), probability=(), boolean=(), string=()) -> None:
+    """Raise ``ValueError`` / ``TypeError`` naming ``owner.field`` for the first bad field."""
+    def fail(name: str, want: str, exc: type[Exception] = ValueError):
+        raise exc(f"{owner}.{name} must be {want}, got {getattr(obj, name)!r}")
+
+    for name in positive_int:
+        if not _is_int(getattr(obj, name)) or getattr(obj, name) <= 0:
+            fail(name, "a positive int")
+    for name in optional_positive_int:
+        v = getattr(obj, name)
+        if v is not None and (not _is_int(v) or v <= 0):
+            fail(name, "None or a positive int")
+    for name in non_negative_int:
+        if not _is_int(getattr(obj, name)) or getattr(obj, name) < 0:
+            fail(name, "an int >= 0")
+    for name in positive:
+        if not _is_number(getattr(obj, name)) or getattr(obj, name) <= 0:
+            fail(name, "a finite number > 0")
+    for name in non_negative:
+        if not _is_number(getattr(obj, name)) or getattr(obj, name) < 0:
+            fail(name, "a finite number >= 0")
+    for name in probability:
+        if not _is_number(getattr(obj, name)) or not 0 <= getattr(obj, name) < 1:
+            fail(name, "a number in [0, 1)")
+    for name in boolean:
+        if not isinstance(getattr(obj, name), bool):
+            fail(name, "True or False", TypeError)
+    for name in string:
+        if not isinstance(getattr(obj, name), str) or not getattr(obj, name):
+            fail(name, "a non-empty str", TypeError)
+
+
+def _check_divisible(owner: str, width_name: str, width: int, heads_name: str, heads: int) -> None:
+    if width % heads:
+        raise ValueError(f"{owner}.{width_name}={width} is not divisible by {heads_name}={heads}")
 
 
 class _ConfigMixin:
@@ -92,18 +153,13 @@ class VisionConfig(_ConfigMixin):
     ln_separate: bool = False
 
     def __post_init__(self):
-        for name in ("width", "layers", "patch_size", "image_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"VisionConfig.{name} must be a positive int, got {v!r}")
-        if self.width % self.num_heads:
+        _check("VisionConfig", self, positive_int=("width", "layers", "patch_size", "image_size"),
+               optional_positive_int=("heads",), positive=("mlp_ratio",), non_negative=("layer_norm_eps",),
+               boolean=("quick_gelu", "ln_separate"))
+        _check_divisible("VisionConfig", "width", self.width, "heads", self.num_heads)
+        if self.image_size < self.patch_size:
             raise ValueError(
-                f"VisionConfig.width={self.width} is not divisible by heads={self.num_heads}"
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"VisionConfig.image_size={self.image_size} is not a multiple of "
-                f"patch_size={self.patch_size}"
+                f"VisionConfig.image_size={self.image_size} is smaller than patch_size={self.patch_size}"
             )
 
     @property
@@ -200,11 +256,20 @@ class TextConfig(_ConfigMixin):
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"TextConfig.hidden_size={self.hidden_size} is not divisible by "
-                f"num_heads={self.num_heads}"
-            )
+        _check("TextConfig", self, string=("model_type", "hidden_act"),
+               positive_int=("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                             "max_position_embeddings", "type_vocab_size"),
+               non_negative_int=("pad_token_id", "bos_token_id", "eos_token_id"),
+               non_negative=("layer_norm_eps",), probability=("dropout", "attn_dropout"))
+        _check_divisible("TextConfig", "hidden_size", self.hidden_size, "num_heads", self.num_heads)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(self, name) >= self.vocab_size:
+                raise ValueError(
+                    f"TextConfig.{name}={getattr(self, name)} is outside the vocabulary "
+                    f"(vocab_size={self.vocab_size})"
+                )
+        if not isinstance(self.extra, dict):
+            raise TypeError(f"TextConfig.extra must be a dict, got {type(self.extra).__name__}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextConfig:
@@ -266,13 +331,18 @@ class FusionConfig(_ConfigMixin):
     num_token_types: int = 2
 
     def __post_init__(self):
-        if self.num_layers < 1:
-            raise ValueError(f"FusionConfig.num_layers must be >= 1, got {self.num_layers}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"FusionConfig.hidden_size={self.hidden_size} is not divisible by "
-                f"num_heads={self.num_heads}"
-            )
+        _check("FusionConfig", self, positive_int=("hidden_size", "num_layers", "num_heads"),
+               optional_positive_int=("intermediate_size",), string=("hidden_act",),
+               probability=("dropout", "attn_dropout"), non_negative=("layer_norm_eps", "bridge_layer_norm_eps"))
+        _check_divisible("FusionConfig", "hidden_size", self.hidden_size, "num_heads", self.num_heads)
+        try:
+            check_activation(self.hidden_act)
+        except ValueError as err:
+            raise ValueError(f"FusionConfig.hidden_act: {err}") from None
+        names = [self.bridge] if isinstance(self.bridge, str) else list(self.bridge)
+        unknown = [b for b in names if not isinstance(b, str) or b not in bridge_names()]
+        if unknown:
+            raise ValueError(f"FusionConfig.bridge: unknown bridge(s) {unknown}; valid: {', '.join(bridge_names())}")
         if not isinstance(self.bridge, str):  # one name per bridge (a JSON list)
             object.__setattr__(self, "bridge", tuple(self.bridge))
             if len(self.bridge) != self.num_layers - 1:
@@ -292,7 +362,44 @@ class FusionConfig(_ConfigMixin):
         return self.ffn_size / self.hidden_size
 
 
-_SUB_CONFIGS = {"vision": VisionConfig, "text": TextConfig, "fusion": FusionConfig}
+@dataclass(frozen=True)
+class ManagerConfig(_ConfigMixin):
+    """The managers of a ManagerTower model (:mod:`bridgetower.layers.manager`).
+
+    ``kind``: ``"adaptive"`` (the official default: a static manager in the first cross
+    layer, adaptive ones after it) or ``"static"`` (the paper's AAUE and SAUE; those names are
+    accepted too).  ``weights``: ``"vector"`` (a weight per channel, the default) or
+    ``"scalar"``.  ``text_layers`` / ``image_layers``: how many top uni-modal layers every
+    text / image manager aggregates.  ``temperature``: the initial softmax temperature;
+    ``learnable`` / ``temperature_learnable``: whether the static scores and the
+    previous-output weights / the temperatures train.  ``noise``: the training-only noise on
+    the routed scores (on in the official code).  ``layer_norm_eps``: of the managers'
+    LayerNorms (1e-5).  The fusion's ``bridge`` and ``bridge_layer_norm_eps`` do not apply.
+    """
+
+    kind: str = "adaptive"
+    weights: str = "vector"
+    text_layers: int = 6
+    image_layers: int = 6
+    temperature: float = 1.0
+    learnable: bool = True
+    temperature_learnable: bool = True
+    noise: bool = True
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        _check("ManagerConfig", self, positive_int=("text_layers", "image_layers"), positive=("temperature",),
+               non_negative=("layer_norm_eps",), boolean=("learnable", "temperature_learnable", "noise"))
+        if self.kind not in manager_names():
+            raise ValueError(f"ManagerConfig.kind must be one of {', '.join(manager_names())}, got {self.kind!r}")
+        object.__setattr__(self, "kind", MANAGER_ALIASES.get(self.kind, self.kind))  # the paper's names
+        if self.weights not in MANAGER_WEIGHTS:
+            raise ValueError(f"ManagerConfig.weights must be one of {', '.join(MANAGER_WEIGHTS)}, got {self.weights!r}")
+
+
+_SUB_CONFIGS = {"vision": VisionConfig, "text": TextConfig, "fusion": FusionConfig, "manager": ManagerConfig}
+#: Sub-configs that may be None (absent): the managers exist in ManagerTower models only.
+_OPTIONAL_SUB_CONFIGS = ("manager",)
 
 
 @dataclass(frozen=True)
@@ -306,11 +413,15 @@ class BridgeTowerConfig(_ConfigMixin):
     ``attn_backend`` (``None`` = automatic) is the one attention backend of the whole model:
     the fusion layers, the vision tower and the text tower all use it;
     ``gradient_checkpointing`` recomputes every tower and cross layer in the backward pass.
+    ``manager`` (a :class:`ManagerConfig`, or a dict) makes the model a ManagerTower: each
+    cross layer gets a manager over the top uni-modal layers instead of a bridge; ``None``
+    (the default) is BridgeTower.  It is left out of :meth:`to_dict` when ``None``.
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    manager: ManagerConfig | None = None
     head_layer_norm_eps: float = 1e-12
     itc_dim: int = 256
     itc_temperature: float = 0.07
@@ -326,17 +437,30 @@ class BridgeTowerConfig(_ConfigMixin):
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, cls.from_dict(value))
-            elif not isinstance(value, cls):
+            elif not isinstance(value, cls) and not (value is None and name in _OPTIONAL_SUB_CONFIGS):
                 raise TypeError(
-                    f"BridgeTowerConfig.{name} must be a {cls.__name__} or dict, got "
-                    f"{type(value).__name__}"
+                    f"BridgeTowerConfig.{name} must be a {cls.__name__} or dict"
+                    f"{' (or None)' if name in _OPTIONAL_SUB_CONFIGS else ''}, got {type(value).__name__}"
                 )
-        if self.itc_dim < 0 or self.contrastive_dim <= 0:
-            raise ValueError(
-                f"itc_dim must be >= 0 (0 = no ITC head) and contrastive_dim > 0, got "
-                f"{self.itc_dim}, {self.contrastive_dim}"
-            )
-        if self.fusion.num_layers > min(self.text.num_layers, self.vision.layers):
+        _check("BridgeTowerConfig", self, non_negative_int=("itc_dim",),
+               positive_int=("contrastive_dim", "vqa_num_labels", "snli_num_labels"),
+               positive=("itc_temperature",), non_negative=("head_layer_norm_eps",),
+               boolean=("gradient_checkpointing",))
+        if not _is_number(self.logit_scale_init):
+            raise ValueError(f"BridgeTowerConfig.logit_scale_init must be a finite number, got {self.logit_scale_init!r}")
+        try:
+            check_attention_backend(self.attn_backend)
+        except ValueError as err:
+            raise ValueError(f"BridgeTowerConfig.attn_backend: {err}") from None
+        if self.manager is not None:
+            for name, managed, depth in (("text_layers", self.manager.text_layers, self.text.num_layers),
+                                         ("image_layers", self.manager.image_layers, self.vision.layers)):
+                if managed > depth:
+                    raise ValueError(
+                        f"manager.{name}={managed} exceeds the uni-modal depth ({depth} layers): a manager "
+                        "aggregates the top layers of its tower"
+                    )
+        elif self.fusion.num_layers > min(self.text.num_layers, self.vision.layers):
             raise ValueError(
                 f"fusion.num_layers={self.fusion.num_layers} exceeds the uni-modal depth "
                 f"(text {self.text.num_layers}, vision {self.vision.layers} layers): each cross "
@@ -352,6 +476,17 @@ class BridgeTowerConfig(_ConfigMixin):
                 data[name] = sub.from_dict(data[name])
         return cls(**data)
 
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["manager"] is None:  # BridgeTower configs keep their published layout
+            del d["manager"]
+        return d
+
+    @property
+    def architecture(self) -> str:
+        """``"managertower"`` when ``manager`` is set, else ``"bridgetower"``."""
+        return "bridgetower" if self.manager is None else "managertower"
+
     @classmethod
     def from_json(cls, path: str | Path) -> BridgeTowerConfig:
         with open(path, encoding="utf-8") as f:
@@ -366,6 +501,57 @@ class BridgeTowerConfig(_ConfigMixin):
         """A copy with ``overrides`` applied (see :func:`apply_overrides`)."""
         return apply_overrides(self, overrides)
 
+    def parameter_estimate(self, parts: tuple[str, ...] = ("vision", "text", "fusion")) -> dict[str, int]:
+        """Approximate parameter counts of the model's ``parts`` (within a few percent; the
+        largest tables and matrices only), computed from the sizes without building anything."""
+        v, t, f = self.vision, self.text, self.fusion
+        h = f.hidden_size
+        counts: dict[str, int] = {}
+        if "vision" in parts:
+            grid = (v.image_size // v.patch_size) ** 2 + 1
+            counts["vision"] = (3 * v.patch_size**2 * v.width + grid * v.width
+                                + v.layers * int((4 + 2 * v.mlp_ratio) * v.width**2))
+        if "text" in parts:
+            counts["text"] = ((t.vocab_size + t.max_position_embeddings + t.type_vocab_size) * t.hidden_size
+                              + t.num_layers * (4 * t.hidden_size**2 + 2 * t.hidden_size * t.intermediate_size))
+        if "fusion" in parts:
+            counts["fusion"] = 2 * f.num_layers * (8 * h * h + 2 * h * f.ffn_size) + (t.hidden_size + v.width) * h
+            counts["heads"] = t.vocab_size * h  # the MLM decoder
+        return counts
+
+
+def check_allocation(config: BridgeTowerConfig, *, dtype: Any = None, device: Any = None,
+                     parts: tuple[str, ...] = ("vision", "text", "fusion")) -> None:
+    """Refuse, before allocating anything, a model whose parameters alone would not fit in
+    this machine's memory (CPU models; a config with a vocabulary of 1e12 or a million
+    layers is a typo, not a model), naming the sizes that make it large."""
+    if device is not None and str(device).split(":")[0] not in ("cpu",):
+        return
+    try:
+        total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return
+    element = 4 if dtype is None else torch_element_size(dtype)
+    counts = config.parameter_estimate(parts)
+    need = sum(counts.values()) * element
+    if need > total_ram:
+        v, t, f = config.vision, config.text, config.fusion
+        sizes = (f"vision width={v.width} layers={v.layers} image_size={v.image_size}; text "
+                 f"vocab_size={t.vocab_size} hidden_size={t.hidden_size} num_layers={t.num_layers} "
+                 f"max_position_embeddings={t.max_position_embeddings}; fusion hidden_size={f.hidden_size} "
+                 f"num_layers={f.num_layers}")
+        biggest = max(counts, key=counts.get)
+        raise ValueError(
+            f"this config needs about {need / 2**30:,.0f} GiB for its parameters alone (mostly the "
+            f"{biggest} part), more than this machine's {total_ram / 2**30:,.0f} GiB: check its sizes ({sizes})"
+        )
+
+
+def torch_element_size(dtype: Any) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
 
 def apply_overrides(config: BridgeTowerConfig, overrides: dict[str, Any]) -> BridgeTowerConfig:
     """Apply overrides with :func:`dataclasses.replace`.
@@ -374,7 +560,8 @@ def apply_overrides(config: BridgeTowerConfig, overrides: dict[str, Any]) -> Bri
 
     * top-level fields: ``{"attn_backend": "sdpa"}``;
     * a dict for a sub-config, merged into it: ``{"fusion": {"num_layers": 2}}``
-      (a ``FusionConfig`` instance replaces it whole);
+      (a ``FusionConfig`` instance replaces it whole; ``{"manager": {}}`` turns a BridgeTower
+      config into a ManagerTower one with the default managers, ``manager=None`` back);
     * dotted keys: ``{"fusion.num_layers": 2, "vision.image_size": 384}``.
 
     Unknown keys raise ``ValueError`` listing the close matches.
@@ -399,5 +586,5 @@ def apply_overrides(config: BridgeTowerConfig, overrides: dict[str, Any]) -> Bri
             top[key] = value
     for name, values in nested.items():
         base = top.pop(name, getattr(config, name))
-        top[name] = dataclasses.replace(base, **values)
+        top[name] = _SUB_CONFIGS[name](**values) if base is None else dataclasses.replace(base, **values)
     return dataclasses.replace(config, **top)

@@ -32,9 +32,8 @@ from ..layers import (
 )
 from .base import BatchSpec
 from .config import BridgeTowerConfig
-from .model import patch_mask_from_pixel_mask
 from .outputs import TaskOutput
-from .task_base import TaskModel
+from .task_base import TaskModel, check_forward_options
 
 __all__ = [
     "BridgeTowerForIRTR",
@@ -54,11 +53,14 @@ class _PooledClassifierTask(TaskModel):
     def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True)
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None, **options):
+        """``options``: the ``transformers`` forward keywords and ``mask_image_padding`` (see
+        :meth:`~bridgetower.models.BridgeTowerModel.forward`)."""
+        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True, **options)
         logits = getattr(self, self.head_name)(out.pooler_output)
         loss = self.task_loss(logits, labels) if labels is not None else None
-        return TaskOutput(loss=loss, logits=logits, pooler_output=out.pooler_output, encoder_output=out)
+        return self._output(TaskOutput, out, options.get("return_dict"), loss=loss, logits=logits,
+                            pooler_output=out.pooler_output)
 
 
 class BridgeTowerForVisualQuestionAnswering(_PooledClassifierTask):
@@ -122,7 +124,12 @@ class BridgeTowerForNLVR2(TaskModel):
         labels=None,
         pixel_values_2=None,
         pixel_mask_2=None,
+        **options,
     ):
+        """``options``: the ``transformers`` forward keywords and ``mask_image_padding`` (see
+        :meth:`~bridgetower.models.BridgeTowerModel.forward`); ``hidden_states`` /
+        ``attentions`` / ``cross_attentions`` are then pairs, one item per image."""
+        check_forward_options(options)
         if pixel_values is None:
             raise ValueError("BridgeTowerForNLVR2 needs pixel_values")
         if pixel_values_2 is None:
@@ -148,23 +155,38 @@ class BridgeTowerForNLVR2(TaskModel):
             )
         if (pixel_mask is None) != (pixel_mask_2 is None):
             raise ValueError("BridgeTowerForNLVR2: give a pixel mask for both images or for neither")
-        bt = self.bridgetower
-        b = pixel_values.shape[0]
-        text_states = bt.encode_text(input_ids, attention_mask)
-        both = bt.encode_image(torch.cat([pixel_values, pixel_values_2], 0))  # (2B, ...)
-        patch = self.config.vision.patch_size
-        mask_1 = patch_mask_from_pixel_mask(pixel_mask, patch)
-        mask_2 = patch_mask_from_pixel_mask(pixel_mask_2, patch)
-        out1 = bt.fuse(
-            text_states, [v[:b] for v in both], attention_mask, mask_1, image_token_type_idx=1, pooled_only=True
-        )
-        out2 = bt.fuse(
-            text_states, [v[b:] for v in both], attention_mask, mask_2, image_token_type_idx=2, pooled_only=True
-        )
+        if self._wants_states(options):
+            # every state requested: one whole encoder pass per image
+            out1 = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, image_token_type_idx=1, **options)
+            out2 = self._encode(input_ids, attention_mask, pixel_values_2, pixel_mask_2, image_token_type_idx=2,
+                                **options)
+        else:
+            bt = self.bridgetower
+            b = pixel_values.shape[0]
+            text_states = bt.encode_text(input_ids, attention_mask)
+            both = bt.encode_image(torch.cat([pixel_values, pixel_values_2], 0))  # (2B, ...)
+            on = options.get("mask_image_padding")
+            mask_1 = bt.image_mask(pixel_mask, pixel_values, on)
+            mask_2 = bt.image_mask(pixel_mask_2, pixel_values_2, on)
+            out1 = bt.fuse(
+                text_states, [v[:b] for v in both], attention_mask, mask_1, image_token_type_idx=1, pooled_only=True
+            )
+            out2 = bt.fuse(
+                text_states, [v[b:] for v in both], attention_mask, mask_2, image_token_type_idx=2, pooled_only=True
+            )
         logits = self.nlvr2_classifier(out1.pooler_output, out2.pooler_output)
         loss = nlvr2_loss(logits, labels) if labels is not None else None
         pooled = torch.cat([out1.pooler_output, out2.pooler_output], dim=-1)
-        return TaskOutput(loss=loss, logits=logits, pooler_output=pooled, encoder_output=out1)
+
+        def pair(name):
+            first, second = getattr(out1, name), getattr(out2, name)
+            return None if first is None else (first, second)
+
+        return self._output(
+            TaskOutput, None, options.get("return_dict"), loss=loss, logits=logits, pooler_output=pooled,
+            encoder_output=out1, hidden_states=pair("hidden_states"), attentions=pair("attentions"),
+            cross_attentions=pair("cross_attentions"),
+        )
 
     @torch.no_grad()
     def init_token_type_from_pretrained(self) -> None:
@@ -193,9 +215,15 @@ class BridgeTowerForIRTR(TaskModel):
     def init_from_itm(self, itm_head: ITMHead) -> None:
         self.rank_output.init_from_itm(itm_head)
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None):
-        if input_ids.ndim != 3:
-            raise ValueError(f"BridgeTowerForIRTR: input_ids must be (B, 1+K, L), got {tuple(input_ids.shape)}")
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None, **options):
+        """``options``: the ``transformers`` forward keywords and ``mask_image_padding`` (see
+        :meth:`~bridgetower.models.BridgeTowerModel.forward`); ``hidden_states`` and the
+        attentions are then those of the ``B * (1 + K)`` pairs, image-major."""
+        check_forward_options(options)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 3:
+            raise ValueError(
+                f"BridgeTowerForIRTR: input_ids must be (B, 1+K, L), got {getattr(input_ids, 'shape', input_ids)}"
+            )
         b, k1, length = input_ids.shape
         if pixel_values is None or pixel_values.shape[0] != b:
             raise ValueError(
@@ -205,19 +233,26 @@ class BridgeTowerForIRTR(TaskModel):
         bt = self.bridgetower
         flat_ids = input_ids.reshape(b * k1, length)
         flat_mask = attention_mask.reshape(b * k1, length) if attention_mask is not None else None
-        text_states = bt.encode_text(flat_ids, flat_mask)
-        image_states = bt.encode_image(pixel_values)
-        image_mask = patch_mask_from_pixel_mask(pixel_mask, self.config.vision.patch_size)
-        dev = input_ids.device
-        out = bt.fuse_pairs(
-            text_states,
-            image_states,
-            flat_mask,
-            torch.arange(b * k1, device=dev),
-            torch.arange(b, device=dev).repeat_interleave(k1),
-            image_mask,
-            pooled_only=True,
-        )
+        if self._wants_states(options):
+            # every state requested: one whole encoder pass per pair
+            pm = pixel_mask.repeat_interleave(k1, 0) if pixel_mask is not None else None
+            out = self._encode(flat_ids, flat_mask, pixel_values.repeat_interleave(k1, 0), pm, pooled_only=True,
+                               **options)
+        else:
+            text_states = bt.encode_text(flat_ids, flat_mask)
+            image_states = bt.encode_image(pixel_values)
+            image_mask = bt.image_mask(pixel_mask, pixel_values, options.get("mask_image_padding"))
+            dev = input_ids.device
+            out = bt.fuse_pairs(
+                text_states,
+                image_states,
+                flat_mask,
+                torch.arange(b * k1, device=dev),
+                torch.arange(b, device=dev).repeat_interleave(k1),
+                image_mask,
+                pooled_only=True,
+            )
         logits = self.rank_output(out.pooler_output).reshape(b, k1)
         loss = irtr_loss(logits) if labels is not None else None
-        return TaskOutput(loss=loss, logits=logits, pooler_output=out.pooler_output, encoder_output=out)
+        return self._output(TaskOutput, out, options.get("return_dict"), loss=loss, logits=logits,
+                            pooler_output=out.pooler_output)

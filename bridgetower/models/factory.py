@@ -1,7 +1,8 @@
 """``create_model``: named configurations and a registry of task models.
 
 Named variants are the JSON files in ``bridgetower/models/configs/`` (``bridgetower-base``,
-``bridgetower-large``, ``bridgetower-tiny``); :func:`register_config` adds more at run time.
+``bridgetower-large``, ``bridgetower-tiny``, ``managertower-base``, ``managertower-tiny``);
+:func:`register_config` adds more at run time.
 
 Examples::
 
@@ -81,7 +82,8 @@ def create_model(
             directory / hub name / in-memory ``transformers`` model, or an official ``.ckpt``.
             The checkpoint's own architecture is used; ``name`` only checks it matches
             nothing -- pass the overrides you need.
-        task: ``"base"`` (:class:`BridgeTowerModel`), ``"itm"``, ``"mlm"``, ``"contrastive"``,
+        task: ``"base"`` (:class:`BridgeTowerModel`, or :class:`ManagerTowerModel` for a
+            ManagerTower config such as ``managertower-tiny``), ``"itm"``, ``"mlm"``, ``"contrastive"``,
             ``"pretraining"``, ``"vqa"``, ``"nlvr2"``, ``"snli-ve"``, ``"irtr"``
             (:data:`~bridgetower.models.tasks.TASK_MODELS`; ``_`` may stand for ``-``).
         device, dtype: of the parameters (random init only).
@@ -89,14 +91,20 @@ def create_model(
         **overrides: config overrides: top-level fields, ``sub={"field": v}`` dicts merged into
             a sub-config, or dotted ``"sub.field"`` keys (``**{"fusion.num_layers": 2}``).
     """
+    from .managertower import encoder_class
+    from .model import BridgeTowerModel
     from .tasks import get_task_model
 
     cls = get_task_model(task)
     if pretrained is not None:
-        get_config(name)  # the name must exist
+        named = get_config(name)  # the name must exist
+        if cls is BridgeTowerModel:  # the bare encoder: BridgeTower or ManagerTower, as the name says
+            cls = encoder_class(named)
         model = cls.from_pretrained(pretrained, strict=strict, **overrides)
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model
     config = get_config(name, **overrides)
+    if cls is BridgeTowerModel:
+        cls = encoder_class(config)
     return cls(config, device=device, dtype=dtype)

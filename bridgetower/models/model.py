@@ -29,6 +29,8 @@ both towers.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -38,7 +40,7 @@ from ..layers.bridge import Bridge
 from ..layers.co_attention import CoAttentionFusion, CoAttentionLayer
 from ..layers.heads import Pooler
 from .base import BridgeTowerPreTrainedModel
-from .config import BridgeTowerConfig
+from .config import BridgeTowerConfig, check_allocation
 from .outputs import BridgeTowerOutput
 from .towers.text import TransformersTextEncoder
 from .towers.vision import OpenCLIPVisionEncoder
@@ -55,17 +57,20 @@ def patch_mask_from_pixel_mask(
 ) -> torch.Tensor | None:
     """``(B, H, W)`` pixel mask (1 = real pixel) -> ``(B, 1 + P)`` token mask, or ``None``.
 
-    A patch counts as real when any of its pixels is; the CLS token is always real.  Returns
+    A patch counts as real when any of its pixels is; the CLS token is always real.  Rows and
+    columns past the last whole patch are ignored (the patch convolution floors).  Returns
     ``None`` when every pixel is real (the common, unpadded case), so no mask is applied.
     """
     if pixel_mask is None:
         return None
     if pixel_mask.ndim != 3:
         raise ValueError(f"pixel_mask must be (B, H, W), got shape {tuple(pixel_mask.shape)}")
+    b, h, w = pixel_mask.shape
+    gh, gw = h // patch_size, w // patch_size
+    pixel_mask = pixel_mask[:, : gh * patch_size, : gw * patch_size]
     if bool(pixel_mask.all()):
         return None
-    b, h, w = pixel_mask.shape
-    m = pixel_mask.reshape(b, h // patch_size, patch_size, w // patch_size, patch_size)
+    m = pixel_mask.reshape(b, gh, patch_size, gw, patch_size)
     m = m.bool().any(dim=4).any(dim=2).flatten(1)  # (B, P)
     return torch.cat([m.new_ones(b, 1), m], dim=1)  # (B, 1 + P)
 
@@ -78,8 +83,18 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         device, dtype: of the parameters.
 
     ``forward(input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, *,
-    image_token_type_idx=1, output_hidden_states=False)`` -> :class:`BridgeTowerOutput`.
+    token_type_ids=None, image_token_type_idx=1, output_hidden_states=None,
+    output_attentions=None, return_dict=None, interpolate_pos_encoding=None,
+    mask_image_padding=None)`` -> :class:`BridgeTowerOutput` (see :meth:`forward`).
+
+    ``mask_image_padding`` (default ``False``, what ``transformers`` and the official code do:
+    every image token is attended to) turns the ``pixel_mask`` of padded images into a patch
+    mask applied in the fusion; :meth:`set_image_padding_mask` sets it, ``forward``'s keyword
+    overrides it per call.
     """
+
+    #: mask the padded patches of ``pixel_mask`` in the fusion (see the class docstring)
+    mask_image_padding: bool = False
 
     def __init__(
         self,
@@ -91,6 +106,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         super().__init__()
         if not isinstance(config, BridgeTowerConfig):
             raise TypeError(f"config must be a BridgeTowerConfig, got {type(config).__name__}")
+        check_allocation(config, dtype=dtype, device=device)
         self.config = config
         fc = config.fusion
         h, n = fc.hidden_size, fc.num_layers
@@ -152,6 +168,31 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         self.text_model.set_gradient_checkpointing(enable)
         self.fusion.gradient_checkpointing = bool(enable)
 
+    def set_image_padding_mask(self, enable: bool = True) -> None:
+        """Mask the padded patches of ``pixel_mask`` in the fusion (``True``), or attend to every
+        image token as ``transformers`` does (``False``, the default)."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"set_image_padding_mask: enable must be True or False, got {enable!r}")
+        self.mask_image_padding = enable
+
+    def image_mask(
+        self,
+        pixel_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None = None,
+        mask_image_padding: bool | None = None,
+    ) -> torch.Tensor | None:
+        """The ``(B, 1 + P)`` image token mask of ``pixel_mask``, or ``None`` (no masking: the
+        default, or nothing padded).  ``mask_image_padding`` overrides the model's setting."""
+        if pixel_mask is not None and pixel_values is not None and (
+            pixel_mask.ndim != 3 or pixel_mask.shape != (pixel_values.shape[0], *pixel_values.shape[-2:])
+        ):
+            raise ValueError(
+                f"pixel_mask must be (B, H, W) = {(pixel_values.shape[0], *pixel_values.shape[-2:])} "
+                f"for pixel_values {tuple(pixel_values.shape)}, got {tuple(pixel_mask.shape)}"
+            )
+        on = self.mask_image_padding if mask_image_padding is None else mask_image_padding
+        return patch_mask_from_pixel_mask(pixel_mask, self.config.vision.patch_size) if on else None
+
     def set_attention_backend(self, backend: str | None) -> None:
         """The one attention backend of the whole model (``None``: chosen per call by
         capability; ``"sdpa"``, ``"chunked"``, ``"math"``, ``"xformers"``): validated here,
@@ -190,15 +231,20 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
     # ------------------------------------------------------------------ the three steps
 
     def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw
     ) -> list[torch.Tensor]:
-        """The ``N`` tapped text-tower states, each ``(B, L, H_text)``."""
-        _check_text(input_ids, attention_mask)
-        return self.text_model(input_ids, attention_mask)
+        """The ``N`` tapped text-tower states, each ``(B, L, H_text)`` (with
+        ``output_hidden_states=True`` also every state, see the text tower).  The input is
+        checked: a non-empty batch, no empty text, ids inside the vocabulary, no more tokens
+        than the position table allows."""
+        self.text_model.check_inputs(input_ids, attention_mask)
+        return self.text_model(input_ids, attention_mask, **kw)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """The ``N`` tapped vision states after ``ln_post``, each ``(B, 1 + P, H_vision)``."""
-        return self.vision_model(pixel_values)
+    def encode_image(self, pixel_values: torch.Tensor, **kw) -> list[torch.Tensor]:
+        """The ``N`` tapped vision states after ``ln_post``, each ``(B, 1 + P, H_vision)``
+        (with ``output_hidden_states=True`` also every state, see the vision tower)."""
+        _check_pixels(pixel_values)
+        return self.vision_model(pixel_values, **kw)
 
     def fuse(
         self,
@@ -210,6 +256,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         image_token_type_idx: int = 1,
         output_hidden_states: bool = False,
         pooled_only: bool = False,
+        output_attentions: bool = False,
     ) -> BridgeTowerOutput:
         """Run the cross-modal encoder on precomputed uni-modal states.
 
@@ -223,6 +270,12 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
                 the poolers read.  ``pooler_output`` is unchanged; ``text_features`` and
                 ``image_features`` are then ``(B, 1, H)``.  Saves about one image-stream layer
                 for the pooler-only tasks (ITM, VQA, NLVR2, SNLI-VE, IRTR, contrastive).
+            output_hidden_states: keep every cross layer's ``(text, image)`` output
+                (``cross_hidden_states``).
+            output_attentions: return the attention probabilities of every cross layer
+                (``attentions``: self-attention, ``cross_attentions``: cross-attention, one
+                ``(text, image)`` pair per layer); those attentions run on the ``math``
+                backend.
         """
         n = self.num_layers
         if len(text_states) != n or len(image_states) != n:
@@ -253,7 +306,13 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             image_mask=image_mask,
             return_all_layers=output_hidden_states,
             cls_only_last=pooled_only,
+            output_attentions=output_attentions,
         )
+        attentions = cross_attentions = None
+        if output_attentions:
+            *fused, probs = fused
+            attentions = tuple((p[0], p[1]) for p in probs)  # self-attention (text, image)
+            cross_attentions = tuple((p[2], p[3]) for p in probs)
         if output_hidden_states:
             texts, images = fused
             text_features, image_features = texts[-1], images[-1]
@@ -269,6 +328,8 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             text_features=text_features,
             image_features=image_features,
             pooler_output=pooler_output,
+            attentions=attentions,
+            cross_attentions=cross_attentions,
             text_hidden_states=tuple(text_states),
             image_hidden_states=tuple(image_states),
             cross_hidden_states=cross,
@@ -281,26 +342,78 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         pixel_mask: torch.Tensor | None = None,
         *,
-        image_token_type_idx: int = 1,
-        output_hidden_states: bool = False,
+        token_type_ids: torch.Tensor | None = None,
+        image_token_type_idx: int | None = 1,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        mask_image_padding: bool | None = None,
         pooled_only: bool = False,
-    ) -> BridgeTowerOutput:
-        """Encode both modalities and fuse them (see the module docstring)."""
+        inputs_embeds: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> BridgeTowerOutput | tuple:
+        """Encode both modalities and fuse them (see the module docstring).
+
+        The keywords of ``transformers``' ``BridgeTowerModel.forward`` are accepted:
+
+        * ``output_hidden_states``: ``hidden_states`` = ``(text, image, cross)`` as
+          ``transformers`` returns it (see :class:`BridgeTowerOutput`);
+        * ``output_attentions``: ``attentions`` (self-attention) and ``cross_attentions`` of
+          every cross layer, differentiable (computed by the ``math`` attention backend);
+        * ``return_dict=False``: a tuple (``out.to_tuple()``);
+        * ``token_type_ids``: checked against ``input_ids`` and unused (the text token type is
+          row 0 of ``token_type_embeddings``, as in ``transformers``);
+        * ``interpolate_pos_encoding``: unused; position embeddings are always interpolated
+          for other image sizes (``transformers`` raises on ``False`` with another size);
+        * ``image_token_type_idx``: ``None`` means 1.
+
+        ``output_hidden_states``, ``output_attentions`` and ``return_dict`` left at ``None`` take
+        the run-time attributes of ``model.config`` when set (as in ``transformers``; see
+        :class:`~bridgetower.models.base.ModelConfig`).  ``mask_image_padding`` overrides the
+        model's setting (see the class docstring).
+        ``inputs_embeds`` / ``image_embeds`` are not supported (``ValueError``).
+        ``pooled_only`` is :meth:`fuse`'s (the task models turn it off when hidden states or
+        attentions are requested, so that those have ``transformers``' shapes).
+        """
+        for name, value in (("inputs_embeds", inputs_embeds), ("image_embeds", image_embeds)):
+            if value is not None:
+                raise ValueError(f"BridgeTowerModel does not take {name}: pass input_ids and pixel_values")
         if pixel_values is None:
             raise ValueError("BridgeTowerModel needs pixel_values (B, 3, H, W)")
+        if token_type_ids is not None and (
+            not isinstance(token_type_ids, torch.Tensor) or token_type_ids.shape != getattr(input_ids, "shape", None)
+        ):
+            raise ValueError(
+                f"token_type_ids must have the shape of input_ids {tuple(getattr(input_ids, 'shape', ()))}, got "
+                f"{getattr(token_type_ids, 'shape', type(token_type_ids).__name__)}"
+            )
+        hidden = bool(self._config_default("output_hidden_states", output_hidden_states, False))
+        attend = bool(self._config_default("output_attentions", output_attentions, False))
+        return_dict = self._config_default("return_dict", return_dict, True)
+        self.text_model.check_inputs(input_ids, attention_mask)
         _check_pair(input_ids, pixel_values)
-        text_states = self.encode_text(input_ids, attention_mask)
-        image_states = self.encode_image(pixel_values)
-        image_mask = patch_mask_from_pixel_mask(pixel_mask, self.config.vision.patch_size)
-        return self.fuse(
+        text_states = self.text_model(input_ids, attention_mask, output_hidden_states=hidden)
+        image_states = self.vision_model(pixel_values, output_hidden_states=hidden)
+        if hidden:
+            (text_states, text_every), (image_states, image_every) = text_states, image_states
+        image_mask = self.image_mask(pixel_mask, pixel_values, mask_image_padding)
+        extra = {"output_attentions": True} if attend else {}
+        out = self.fuse(
             text_states,
             image_states,
             attention_mask,
             image_mask,
-            image_token_type_idx=image_token_type_idx,
-            output_hidden_states=output_hidden_states,
+            image_token_type_idx=1 if image_token_type_idx is None else image_token_type_idx,
+            output_hidden_states=hidden,
             pooled_only=pooled_only,
+            **extra,
         )
+        if hidden:
+            # transformers' layout: the vision states sequence-first, (1 + P, B, W)
+            every_image = tuple(h.transpose(0, 1) for h in image_every)
+            out = dataclasses.replace(out, hidden_states=(text_every, every_image, out.cross_hidden_states))
+        return out.to_tuple() if return_dict is False else out
 
     def fuse_pairs(
         self,
@@ -325,28 +438,23 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         return self.fuse(ts, vs, am, im, pooled_only=pooled_only)
 
 
-def _check_text(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids must be a tensor, got {type(input_ids).__name__}")
-    if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(
-            f"input_ids must be an integer (B, L) tensor, got {input_ids.dtype} of shape "
-            f"{tuple(input_ids.shape)}"
-        )
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
-            f"{tuple(input_ids.shape)}"
-        )
-
-
-def _check_pair(input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:
-    _check_text(input_ids, None)
+def _check_pixels(pixel_values: torch.Tensor) -> None:
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
         raise ValueError(
             "pixel_values must be a (B, 3, H, W) tensor, got "
             f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}"
         )
+    if pixel_values.shape[0] == 0:
+        raise ValueError("pixel_values is an empty batch (B = 0): pass at least one image")
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be floating point (images rescaled and normalised, as the processor "
+            f"returns them), got {pixel_values.dtype}; run the images through BridgeTowerProcessor"
+        )
+
+
+def _check_pair(input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:
+    _check_pixels(pixel_values)
     if input_ids.shape[0] != pixel_values.shape[0]:
         raise ValueError(
             f"batch sizes differ: input_ids {tuple(input_ids.shape)} and pixel_values "

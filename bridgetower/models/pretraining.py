@@ -28,7 +28,6 @@ import torch
 from ..layers import ITCHead, ITMHead, MLMHead, itc_loss, itm_loss, mlm_loss
 from .base import BatchSpec
 from .config import BridgeTowerConfig
-from .model import patch_mask_from_pixel_mask
 from .outputs import BridgeTowerPretrainingOutput
 from .task_base import TaskModel, score_pairs
 
@@ -136,8 +135,11 @@ class BridgeTowerForPretraining(TaskModel):
         itm_labels=None,
         compute_itc: bool = True,
         return_itc_loss: bool = False,
+        **options,
     ) -> BridgeTowerPretrainingOutput:
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask)
+        """One fusion of the given pairs; ``options``: the ``transformers`` forward keywords and
+        ``mask_image_padding`` (see :meth:`~bridgetower.models.BridgeTowerModel.forward`)."""
+        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, **options)
         mlm_logits = self.mlm_score(out.text_features)
         itm_logits = self.itm_score(out.pooler_output)
         t_emb = i_emb = temp = None
@@ -151,14 +153,16 @@ class BridgeTowerForPretraining(TaskModel):
             losses["itm_loss"] = itm_loss(itm_logits, itm_labels)
         if return_itc_loss:
             losses["itc_loss"] = itc_loss(t_emb, i_emb, temp)
-        return BridgeTowerPretrainingOutput(
+        return self._output(
+            BridgeTowerPretrainingOutput,
+            out,
+            options.get("return_dict"),
             loss=sum(losses.values()) if losses else None,
             mlm_logits=mlm_logits,
             itm_logits=itm_logits,
             itc_text_embeds=t_emb,
             itc_image_embeds=i_emb,
             itc_temperature=temp,
-            encoder_output=out,
             **losses,
         )
 
@@ -194,7 +198,7 @@ class BridgeTowerForPretraining(TaskModel):
         b = attention_mask.shape[0]  # pairs; pixel_values may hold extra ITM-only images
         dev = pixel_values.device
         image_states = bt.encode_image(pixel_values)  # N x (B', 1+P, Dv)
-        image_mask = patch_mask_from_pixel_mask(batch.get("pixel_mask"), self.config.vision.patch_size)
+        image_mask = bt.image_mask(batch.get("pixel_mask"), pixel_values)
 
         # texts stacked: [mlm (B)] [itm (B)] [clean for ITC (B), when not already there]
         texts: list[torch.Tensor] = []

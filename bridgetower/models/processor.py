@@ -1,27 +1,23 @@
-"""Image preprocessing and the image + text processor of BridgeTower.
+"""The image + text processor of BridgeTower, as ``transformers``' ``BridgeTowerProcessor``.
 
-:class:`ImageProcessor` reproduces Hugging Face's ``BridgeTowerImageProcessor`` with Pillow and
-NumPy, step for step (the PIL backend ``BridgeTowerImageProcessorPil`` bit for bit; the
-torchvision backend, which resamples with its own bicubic kernel, to within a few uint8 levels):
+:class:`BridgeTowerProcessor` pairs the :class:`~bridgetower.models.ImageProcessor` (see
+:mod:`bridgetower.models.image_processor` for the image steps) with any ``transformers``
+tokenizer.  A call routes each keyword to the component that owns it: image options
+(``size``, ``crop_size``, ``do_center_crop``, ``do_resize`` ... also as
+``images_kwargs={...}``) to the image processor, tokenizer options (``padding``,
+``truncation``, ``max_length`` ... also as ``text_kwargs={...}``) to the tokenizer,
+``return_tensors`` (also in ``common_kwargs={...}``) to both; an unknown keyword raises
+``TypeError`` naming it.  It returns a ``transformers.BatchFeature`` (``.to(device)``,
+``.to(dtype)``).
 
-1. convert to RGB (transparency composited onto white);
-2. resize (Pillow bicubic) so the shorter side is ``size`` and the longer side at most
-   ``int(1333 / 800 * size)``, each side rounded (``int(x + 0.5)``) then floored to a
-   multiple of ``size_divisor``;
-3. centre-crop to ``crop_size`` x ``crop_size`` (default ``size``); an image smaller than the
-   crop is zero-padded around its centre first (in uint8, so those pixels become
-   ``-mean/std`` after normalisation), as HF does;
-4. rescale by 1/255 (in float64, then float32) and normalise with the CLIP mean and std;
-5. pad every image of the batch at the bottom/right with zeros to the largest height and
-   width, and return ``pixel_mask`` (1 = real pixel).
+Two differences from ``transformers``, both on the safe side: texts are truncated to what the
+model's position table holds by default (``truncation=False`` turns it off), and a text whose
+words are mostly unknown to the tokenizer gets a warning (:func:`check_unknown_tokens`).
 
-Centre-crop: older ``transformers`` releases skipped step 3 when the image processor was
-called on its own and applied it only through ``BridgeTowerProcessor``.  We match the
-processor (and current ``transformers``, where both crop): ``do_center_crop=True`` by
-default; pass ``do_center_crop=False`` for the crop-less behaviour, in which images keep
-their resized, aspect-preserving sizes and step 5 pads them.
-
-:class:`BridgeTowerProcessor` pairs it with any ``transformers`` tokenizer.
+``from_pretrained`` reads a checkpoint directory or Hub repository written by either library:
+the tokenizer (a directory without tokenizer files is refused, never a tokenizer invented),
+the image options from ``processor_config.json`` / ``preprocessor_config.json``, or else the
+image size of the model's own ``config.json``, and the text length limit from that config.
 """
 
 from __future__ import annotations
@@ -29,353 +25,127 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
-from math import ceil
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from .convert.sources import HubOptions, hub_error, hub_locator, local_locator, looks_local
+from .image_ops import CLIP_MEAN, CLIP_STD
+from .image_processor import IMAGE_OPTIONS, ImageProcessor, resize_output_size
 
-from .image_ops import CLIP_MEAN, CLIP_STD, pad_images
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "TEXT_OPTIONS",
+    "BridgeTowerProcessor",
+    "ImageProcessor",
+    "check_unknown_tokens",
+    "resize_output_size",
+]
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "BridgeTowerProcessor", "ImageProcessor", "resize_output_size"]
-
-_RESAMPLE_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-_PIL_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+#: The tokenizer keywords a processor call accepts (``transformers``' ``TextKwargs``).
+TEXT_OPTIONS: tuple[str, ...] = (
+    "text_pair", "add_special_tokens", "padding", "truncation", "max_length", "stride", "is_split_into_words",
+    "pad_to_multiple_of", "padding_side", "return_token_type_ids", "return_attention_mask",
+    "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length", "verbose",
+)
+_COMMON_OPTIONS = ("return_tensors",)
 _PREPROCESSOR_CONFIG = "preprocessor_config.json"
-
-
-def resize_output_size(height: int, width: int, size: int = 288, size_divisor: int = 32) -> tuple[int, int]:
-    """``(new_height, new_width)`` of the BridgeTower resize (step 2 of the module docstring)."""
-    shorter, longer = size, int(1333 / 800 * size)
-    scale = shorter / min(height, width)
-    if height < width:
-        new_h, new_w = float(shorter), scale * width
-    else:
-        new_h, new_w = scale * height, float(shorter)
-    if max(new_h, new_w) > longer:
-        scale = longer / max(new_h, new_w)
-        new_h, new_w = scale * new_h, scale * new_w
-    new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
-    return new_h // size_divisor * size_divisor, new_w // size_divisor * size_divisor
-
-
-def _center_crop(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
-    """Centre crop of a (C, H, W) array, zero-padding around the centre when it is too small."""
-    _, h, w = image.shape
-    if h >= crop_h and w >= crop_w:
-        top, left = (h - crop_h) // 2, (w - crop_w) // 2
-        return image[:, top : top + crop_h, left : left + crop_w]
-    new_h, new_w = max(h, crop_h), max(w, crop_w)
-    canvas = np.zeros((image.shape[0], new_h, new_w), dtype=image.dtype)
-    top_pad, left_pad = ceil((new_h - h) / 2), ceil((new_w - w) / 2)
-    canvas[:, top_pad : top_pad + h, left_pad : left_pad + w] = image
-    top, left = (h - crop_h) // 2 + top_pad, (w - crop_w) // 2 + left_pad
-    return canvas[:, max(0, top) : min(new_h, top + crop_h), max(0, left) : min(new_w, left + crop_w)]
-
-
-class ImageProcessor:
-    """BridgeTower image preprocessing (see the module docstring for the exact steps).
-
-    ``__call__(images)`` takes a PIL image, an ``(H, W, 3)`` / ``(H, W)`` uint8 NumPy array, a
-    ``(3, H, W)`` uint8 torch tensor, or a list of them, and returns ``{"pixel_values": (B, 3,
-    H, W) float32, "pixel_mask": (B, H, W) int64}`` (torch tensors with ``return_tensors="pt"``,
-    NumPy arrays with ``"np"``).  Per-call keyword overrides: ``do_center_crop``, ``do_pad``.
-    """
-
-    def __init__(
-        self,
-        size: int = 288,
-        *,
-        size_divisor: int = 32,
-        crop_size: int | None = None,
-        do_resize: bool = True,
-        resample: str = "bicubic",
-        do_center_crop: bool = True,
-        do_rescale: bool = True,
-        rescale_factor: float = 1 / 255,
-        do_normalize: bool = True,
-        image_mean: Sequence[float] = CLIP_MEAN,
-        image_std: Sequence[float] = CLIP_STD,
-        do_pad: bool = True,
-        do_convert_rgb: bool = True,
-    ) -> None:
-        for name, v in (("size", size), ("size_divisor", size_divisor)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"ImageProcessor: {name} must be a positive int, got {v!r}")
-        if crop_size is not None and (not isinstance(crop_size, int) or crop_size <= 0):
-            raise ValueError(f"ImageProcessor: crop_size must be a positive int or None, got {crop_size!r}")
-        if resample not in _RESAMPLE_NAMES:
-            raise ValueError(f"ImageProcessor: resample must be one of {_RESAMPLE_NAMES}, got {resample!r}")
-        if len(image_mean) != 3 or len(image_std) != 3:
-            raise ValueError(f"ImageProcessor: image_mean and image_std need 3 values, got {image_mean!r}, {image_std!r}")
-        if any(s == 0 for s in image_std):
-            raise ValueError(f"ImageProcessor: image_std must be non-zero, got {image_std!r}")
-        self.size = size
-        self.size_divisor = size_divisor
-        self.crop_size = size if crop_size is None else crop_size
-        self.do_resize = do_resize
-        self.resample = resample
-        self.do_center_crop = do_center_crop
-        self.do_rescale = do_rescale
-        self.rescale_factor = float(rescale_factor)
-        self.do_normalize = do_normalize
-        self.image_mean = tuple(float(m) for m in image_mean)
-        self.image_std = tuple(float(s) for s in image_std)
-        self.do_pad = do_pad
-        self.do_convert_rgb = do_convert_rgb
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(size={self.size}, size_divisor={self.size_divisor}, crop_size={self.crop_size}, "
-            f"do_center_crop={self.do_center_crop}, resample={self.resample!r}, do_pad={self.do_pad})"
-        )
-
-    # -------------------------------------------------------------- single image
-
-    def _to_pil(self, image: Any, index: int):
-        from PIL import Image
-
-        if isinstance(image, Image.Image):
-            pil = image
-        elif isinstance(image, (np.ndarray, torch.Tensor)):
-            arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
-            if arr.dtype != np.uint8:
-                raise TypeError(f"ImageProcessor: image {index} must be uint8 (0..255), got dtype {arr.dtype}")
-            if isinstance(image, torch.Tensor) and arr.ndim == 3:
-                arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
-            if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4))):
-                kind = "(3, H, W) tensor" if isinstance(image, torch.Tensor) else "(H, W, 3) or (H, W) array"
-                raise ValueError(f"ImageProcessor: image {index} must be a {kind}, got shape {tuple(image.shape)}")
-            pil = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
-        else:
-            raise TypeError(
-                f"ImageProcessor: image {index} must be a PIL.Image, a uint8 numpy array or a uint8 torch "
-                f"tensor, got {type(image).__name__}"
-            )
-        if pil.width < 1 or pil.height < 1:
-            raise ValueError(f"ImageProcessor: image {index} is empty ({pil.width}x{pil.height})")
-        if self.do_convert_rgb and pil.mode != "RGB":
-            if "A" in pil.getbands() or pil.info.get("transparency") is not None:
-                rgba = pil.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                pil = Image.alpha_composite(white, rgba).convert("RGB")
-            else:
-                pil = pil.convert("RGB")
-        if pil.mode != "RGB":
-            raise ValueError(f"ImageProcessor: image {index} has mode {pil.mode!r}; pass do_convert_rgb=True or RGB images")
-        return pil
-
-    def preprocess_image(self, image: Any, *, do_center_crop: bool | None = None, index: int = 0) -> np.ndarray:
-        """One image -> ``(3, H, W)`` float32 array (steps 1-4)."""
-        from PIL import Image
-
-        pil = self._to_pil(image, index)
-        if self.do_resize:
-            h, w = resize_output_size(pil.height, pil.width, self.size, self.size_divisor)
-            if h == 0 or w == 0:
-                raise ValueError(
-                    f"ImageProcessor: image {index} of {pil.width}x{pil.height} (WxH) is too elongated: the resize "
-                    f"to shorter side {self.size}, longer side <= {int(1333 / 800 * self.size)}, multiple of "
-                    f"{self.size_divisor}, gives {w}x{h}"
-                )
-            pil = pil.resize((w, h), resample=Image.Resampling(_PIL_IDS[self.resample]))
-        arr = np.moveaxis(np.asarray(pil), -1, 0)  # (3, H, W) uint8
-        if self.do_center_crop if do_center_crop is None else do_center_crop:
-            arr = _center_crop(arr, self.crop_size, self.crop_size)
-        out = arr.astype(np.float64) * self.rescale_factor if self.do_rescale else arr.astype(np.float64)
-        out = out.astype(np.float32)
-        if self.do_normalize:
-            mean = np.asarray(self.image_mean, dtype=np.float32)[:, None, None]
-            std = np.asarray(self.image_std, dtype=np.float32)[:, None, None]
-            out = (out - mean) / std
-        return np.ascontiguousarray(out, dtype=np.float32)
-
-    # -------------------------------------------------------------- batch
-
-    def pad(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Zero-pad (3, H_i, W_i) arrays at the bottom/right to the batch maximum; returns
-        ``(pixel_values (B, 3, H, W), pixel_mask (B, H, W) int64)``."""
-        values, mask = pad_images(images, dtype=torch.float32)
-        return values.numpy(), mask.numpy()
-
-    def __call__(
-        self,
-        images: Any,
-        *,
-        return_tensors: str | None = "pt",
-        do_center_crop: bool | None = None,
-        do_pad: bool | None = None,
-    ) -> dict[str, Any]:
-        if return_tensors not in ("pt", "np", None):
-            raise ValueError(f"ImageProcessor: return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
-        batch = list(images) if isinstance(images, (list, tuple)) else [images]
-        if not batch:
-            raise ValueError("ImageProcessor: got an empty list of images")
-        arrays = [self.preprocess_image(im, do_center_crop=do_center_crop, index=i) for i, im in enumerate(batch)]
-        if not (self.do_pad if do_pad is None else do_pad):
-            if len({a.shape for a in arrays}) > 1 and return_tensors is not None:
-                raise ValueError(
-                    "ImageProcessor: images have different sizes "
-                    f"{sorted({a.shape[1:] for a in arrays})}; use do_pad=True or return_tensors=None"
-                )
-            if return_tensors is None:
-                return {"pixel_values": arrays}
-            values = np.stack(arrays)
-            return {"pixel_values": torch.from_numpy(values) if return_tensors == "pt" else values}
-        values, mask = self.pad(arrays)
-        if return_tensors == "pt":
-            return {"pixel_values": torch.from_numpy(values), "pixel_mask": torch.from_numpy(mask)}
-        if return_tensors is None:
-            return {"pixel_values": list(values), "pixel_mask": list(mask)}
-        return {"pixel_values": values, "pixel_mask": mask}
-
-    # -------------------------------------------------------------- HF-format config
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options in HF ``preprocessor_config.json`` form (loadable by ``transformers``)."""
-        return {
-            "image_processor_type": "BridgeTowerImageProcessor",
-            "size": {"shortest_edge": self.size},
-            "size_divisor": self.size_divisor,
-            "crop_size": {"shortest_edge": self.crop_size},
-            "do_resize": self.do_resize,
-            "resample": _PIL_IDS[self.resample],
-            "do_center_crop": self.do_center_crop,
-            "do_rescale": self.do_rescale,
-            "rescale_factor": self.rescale_factor,
-            "do_normalize": self.do_normalize,
-            "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
-            "do_pad": self.do_pad,
-            "do_convert_rgb": self.do_convert_rgb,
-        }
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> ImageProcessor:
-        """Build from an HF ``preprocessor_config.json`` dict; unknown option keys raise."""
-        cfg = dict(config)
-        for key in ("image_processor_type", "processor_class", "feature_extractor_type", "image_processor_backend"):
-            cfg.pop(key, None)
-        kwargs: dict[str, Any] = {}
-        for key in ("size", "crop_size"):
-            if key in cfg:
-                v = cfg.pop(key)
-                if isinstance(v, dict):
-                    if set(v) != {"shortest_edge"}:
-                        raise ValueError(f"ImageProcessor.from_dict: {key} must be {{'shortest_edge': int}}, got {v!r}")
-                    v = v["shortest_edge"]
-                kwargs[key] = v
-        if "resample" in cfg:
-            r = cfg.pop("resample")
-            names = {i: n for n, i in _PIL_IDS.items()}
-            kwargs["resample"] = names.get(r, r)
-        known = {
-            "size_divisor", "do_resize", "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
-            "image_mean", "image_std", "do_pad", "do_convert_rgb",
-        }
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"ImageProcessor.from_dict: unknown options {unknown}; known: {sorted(known)}")
-        for key in known & set(cfg):
-            if cfg[key] is not None:
-                kwargs[key] = cfg[key]
-        return cls(**kwargs)
-
-
 _PROCESSOR_CONFIG_V5 = "processor_config.json"
+# files that mark a saved tokenizer (special_tokens_map.json alone is not one)
+_TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
+                      "sentencepiece.bpe.model")
 # a Hub repository id: "name" or "namespace/name" (letters, digits, "-", "_", ".")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+# RoBERTa-style embeddings number positions from pad_token_id + 1
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "bridgetower_text_model")
 
 
-def _local_file(directory: str, fname: str) -> str | None:
-    path = os.path.join(directory, fname)
-    return path if os.path.isfile(path) else None
+def check_unknown_tokens(
+    tokenizer: Any, input_ids: Any, texts: Sequence[str] | None = None, *, threshold: float = 0.5
+) -> list[int]:
+    """Warn (``UserWarning``) about the texts whose tokens are mostly unknown to ``tokenizer``
+    (more than ``threshold`` of their non-special tokens are ``unk_token_id``: usually a
+    tokenizer that does not belong to the model, or another language); returns their indices.
+    ``input_ids``: a tensor, array or list of id lists, one row per text."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    special = set(getattr(tokenizer, "all_special_ids", ())) - {unk}
+    rows = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
+    if rows and not isinstance(rows[0], (list, tuple)):
+        rows = [rows]
+    bad = []
+    for i, row in enumerate(rows):
+        words = [t for t in row if t not in special]
+        if words and sum(t == unk for t in words) > threshold * len(words):
+            bad.append(i)
+    if bad:
+        shown = [texts[i] if texts is not None and i < len(texts) else f"#{i}" for i in bad[:5]]
+        warnings.warn(
+            f"{len(bad)} text(s) are mostly tokens unknown to the tokenizer (e.g. {shown}): is this the model's "
+            "tokenizer? Their scores are not meaningful.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return bad
 
 
-def _hub_error(name: str, what: str, err: BaseException) -> OSError:
-    from huggingface_hub import constants
-
-    offline = ""
-    if constants.HF_HUB_OFFLINE:
-        offline = " (HF_HUB_OFFLINE is set and it is not in the local Hub cache)"
-    return OSError(
-        f"BridgeTowerProcessor.from_pretrained: cannot load {what} of {name!r} from the Hugging "
-        f"Face Hub{offline}: {type(err).__name__}: {err}. Pass a local checkpoint directory, or "
-        "fetch it first with network access."
-    )
-
-
-def _hub_file(
-    name: str, fname: str, hub_kw: dict[str, Any], local_misses: list[BaseException]
-) -> str | None:
-    """Path of ``fname`` of Hub repository ``name`` (downloaded or cached).
-
-    None when the repository has no such file, or (appended to ``local_misses``) when it is
-    not in the local cache and cannot be fetched (offline) -- old repositories have only one
-    of the two config files, so one miss alone is no error.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return hf_hub_download(name, fname, **hub_kw)
-    except LocalEntryNotFoundError as err:
-        local_misses.append(err)
-        return None
-    except EntryNotFoundError:
-        return None
-    except Exception as err:  # noqa: BLE001 - offline, unknown repo, network: one clear error
-        raise _hub_error(name, fname, err) from err
+def _model_config_facts(meta: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``(image size, text length limit)`` of a model ``config.json`` (ours or HF), or Nones."""
+    if meta.get("format") == "bridgetower" and isinstance(meta.get("config"), Mapping):
+        vision, text = meta["config"].get("vision", {}), meta["config"].get("text", {})
+        model_type = text.get("model_type", "roberta")
+    elif meta.get("model_type") == "bridgetower":
+        vision, text = meta.get("vision_config") or {}, meta.get("text_config") or {}
+        model_type = "roberta"
+    else:
+        return None, None
+    size = vision.get("image_size")
+    positions = text.get("max_position_embeddings")
+    if positions is not None and model_type in _OFFSET_POSITIONS:
+        positions -= text.get("pad_token_id", 1) + 1
+    return size, positions
 
 
-def _read_image_config(locate) -> dict[str, Any] | None:
-    """The image-processor dict: nested in ``processor_config.json``, else
-    ``preprocessor_config.json``; ``{}`` when neither exists, None when neither could be found."""
-    found = False
-    path = locate(_PROCESSOR_CONFIG_V5)
-    if path is not None:
-        found = True
-        with open(path, encoding="utf-8") as f:
-            nested = json.load(f).get("image_processor")
-        if isinstance(nested, dict):
-            return nested
-    path = locate(_PREPROCESSOR_CONFIG)
+def _read_json(path: Path | None) -> dict[str, Any] | None:
     if path is None:
-        return {} if found else None
+        return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def _load_tokenizer(name: str, hub_kw: dict[str, Any]):
-    from transformers import AutoTokenizer
-
-    if os.path.isdir(name):
-        return AutoTokenizer.from_pretrained(name)
-    try:
-        kw = {k: v for k, v in hub_kw.items() if v is not None}
-        return AutoTokenizer.from_pretrained(name, **kw)
-    except Exception as err:  # noqa: BLE001
-        raise _hub_error(name, "the tokenizer", err) from err
+def _read_image_config(locate) -> dict[str, Any] | None:
+    """The image-processor dict: nested in ``processor_config.json``, else
+    ``preprocessor_config.json``; None when neither holds one."""
+    nested = _read_json(locate(_PROCESSOR_CONFIG_V5))
+    if isinstance(nested, dict) and isinstance(nested.get("image_processor"), dict):
+        return nested["image_processor"]
+    return _read_json(locate(_PREPROCESSOR_CONFIG))
 
 
 class BridgeTowerProcessor:
-    """Image processor + ``transformers`` tokenizer.
+    """Image processor + ``transformers`` tokenizer (see the module docstring).
 
-    ``__call__(images, text, ...)`` returns ``input_ids``, ``attention_mask`` (and whatever else
-    the tokenizer returns), ``pixel_values`` and ``pixel_mask``.  ``from_pretrained(name_or_path)``
-    loads a Hugging Face format checkpoint (local directory or Hub id): the tokenizer with
-    ``AutoTokenizer`` and the image options from its processor config; ``save_pretrained``
-    writes the tokenizer and ``preprocessor_config.json``, which ``transformers`` reads.
+    ``__call__(images=None, text=None, **options)`` returns a ``transformers.BatchFeature``
+    with ``input_ids``, ``attention_mask`` (and whatever else the tokenizer returns),
+    ``pixel_values`` and ``pixel_mask``.  ``max_text_length`` (set by :meth:`from_pretrained`
+    from the model's config) is where texts are truncated by default.
     """
 
-    def __init__(self, image_processor: ImageProcessor | None = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self, image_processor: ImageProcessor | None = None, tokenizer: Any = None, *, max_text_length: int | None = None
+    ) -> None:
         self.image_processor = ImageProcessor() if image_processor is None else image_processor
         if not isinstance(self.image_processor, ImageProcessor):
             raise TypeError(
                 f"BridgeTowerProcessor: image_processor must be an ImageProcessor, got {type(image_processor).__name__}"
             )
+        if max_text_length is not None and (not isinstance(max_text_length, int) or max_text_length < 2):
+            raise ValueError(f"BridgeTowerProcessor: max_text_length must be an int >= 2, got {max_text_length!r}")
         self.tokenizer = tokenizer
+        self.max_text_length = max_text_length
 
     @classmethod
     def from_pretrained(
@@ -385,16 +155,22 @@ class BridgeTowerProcessor:
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
-        **image_kwargs: Any,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        tokenizer: Any = None,
+        **image_options: Any,
     ) -> BridgeTowerProcessor:
         """Load the tokenizer and the image options of a checkpoint, as ``transformers`` does.
 
         ``name_or_path``: a local directory, or a Hugging Face Hub id (``"org/name"``; needs
         the network or the local Hub cache, see ``HF_HUB_OFFLINE``).  The image options come
         from the ``image_processor`` entry of ``processor_config.json`` (what ``transformers``
-        5 writes) or else ``preprocessor_config.json`` (older checkpoints, and ours); without
-        either the defaults are used.  ``revision``, ``cache_dir`` and ``local_files_only`` are
-        passed on to the Hub download.  ``image_kwargs`` override the stored image options.
+        5 writes), else ``preprocessor_config.json``, else the image size in the model's
+        ``config.json`` (a model saved by ``bridgetower`` or ``transformers``); the text length
+        limit from that config too.  ``tokenizer`` replaces the saved one; without either the
+        directory is refused (``ValueError``).  The Hub keywords are passed on to the download;
+        ``image_options`` (:data:`~bridgetower.models.image_processor.IMAGE_OPTIONS`) override
+        the stored image options.
 
         Raises ``ValueError`` for a local path that does not exist or a malformed name, and
         ``OSError`` naming the id when a Hub checkpoint cannot be fetched (offline, unknown).
@@ -405,31 +181,31 @@ class BridgeTowerProcessor:
                 f"{type(name_or_path).__name__}"
             )
         name = os.fspath(name_or_path)
+        hub = HubOptions(revision, cache_dir, local_files_only, token, force_download)
+        misses: list[BaseException] = []
         if os.path.isdir(name):
-            cfg = _read_image_config(lambda fname: _local_file(name, fname)) or {}
-            tokenizer = _load_tokenizer(name, {})
+            locate = local_locator(Path(name))
+        elif looks_local(name) or not _HUB_ID.match(name):
+            raise ValueError(
+                f"BridgeTowerProcessor.from_pretrained: {name!r} is neither a local directory "
+                "nor a Hugging Face Hub id ('org/name')"
+            )
         else:
-            if not _HUB_ID.match(name) or os.path.exists(name):
-                raise ValueError(
-                    f"BridgeTowerProcessor.from_pretrained: {name!r} is neither a local directory "
-                    "nor a Hugging Face Hub id ('org/name')"
-                )
-            hub_kw: dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
-            if cache_dir is not None:
-                hub_kw["cache_dir"] = os.fspath(cache_dir)
-            misses: list[BaseException] = []
-            cfg = _read_image_config(lambda fname: _hub_file(name, fname, hub_kw, misses))
-            if cfg is None and misses:  # neither config reachable: offline and not cached
-                what = f"{_PROCESSOR_CONFIG_V5} / {_PREPROCESSOR_CONFIG}"
-                raise _hub_error(name, what, misses[-1]) from misses[-1]
-            tokenizer = _load_tokenizer(name, hub_kw)
-            cfg = cfg or {}
-        image_processor = ImageProcessor.from_dict(cfg)
-        if image_kwargs:
-            merged = image_processor.to_dict()
-            merged.update({k: ({"shortest_edge": v} if k in ("size", "crop_size") else v) for k, v in image_kwargs.items()})
-            image_processor = ImageProcessor.from_dict(merged)
-        return cls(image_processor, tokenizer)
+            locate = hub_locator(name, hub, misses)
+        image_config = _read_image_config(locate)
+        meta = _read_json(locate("config.json")) or {}
+        if image_config is None and not meta and misses:  # nothing reachable: offline and not cached
+            what = f"{_PROCESSOR_CONFIG_V5} / {_PREPROCESSOR_CONFIG}"
+            raise hub_error(name, what, misses[-1]) from misses[-1]
+        size, max_text_length = _model_config_facts(meta)
+        if image_config is None:
+            image_config = {"size": size} if size is not None else {}
+        image_processor = ImageProcessor.from_dict(image_config)
+        if image_options:
+            image_processor = image_processor.replace(**image_options)
+        if tokenizer is None:
+            tokenizer = _load_tokenizer(name, locate, hub, misses)
+        return cls(image_processor, tokenizer, max_text_length=max_text_length)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the tokenizer and ``preprocessor_config.json`` into ``path``.
@@ -453,21 +229,78 @@ class BridgeTowerProcessor:
                 with open(v5, "w", encoding="utf-8") as f:
                     json.dump(nested, f, indent=2)
 
+    # -------------------------------------------------------------- the call
+
+    def _route(self, kwargs: dict[str, Any], nested: dict[str, Any]) -> tuple[dict, dict, str | None]:
+        """``(image options, tokenizer options, return_tensors)`` from the flat keywords and the
+        ``images_kwargs`` / ``text_kwargs`` / ``common_kwargs`` dicts; unknown names raise."""
+        image_kw: dict[str, Any] = {}
+        text_kw: dict[str, Any] = {}
+        common: dict[str, Any] = {"return_tensors": "pt"}
+        unknown: list[str] = []
+        for key, value in kwargs.items():
+            if key in _COMMON_OPTIONS:
+                common[key] = value
+            elif key in IMAGE_OPTIONS:
+                image_kw[key] = value
+            elif key in TEXT_OPTIONS:
+                text_kw[key] = value
+            else:
+                unknown.append(key)
+        for group, valid, target in (
+            ("images_kwargs", IMAGE_OPTIONS, image_kw),
+            ("text_kwargs", TEXT_OPTIONS, text_kw),
+            ("common_kwargs", (), common),
+        ):
+            given = nested.get(group) or {}
+            if not isinstance(given, Mapping):
+                raise TypeError(f"BridgeTowerProcessor: {group} must be a dict, got {type(given).__name__}")
+            for key, value in given.items():
+                if key not in valid and key not in _COMMON_OPTIONS:
+                    unknown.append(f"{group}[{key!r}]")
+                elif key in kwargs:
+                    raise ValueError(f"BridgeTowerProcessor: {key!r} was passed twice, in {group} and as a keyword")
+                else:
+                    target[key] = value
+        if unknown:
+            raise TypeError(
+                f"BridgeTowerProcessor: unknown keyword(s) {unknown}. Image options: {', '.join(IMAGE_OPTIONS)}; "
+                f"tokenizer options: {', '.join(TEXT_OPTIONS)}; common: return_tensors (each also in "
+                "images_kwargs / text_kwargs / common_kwargs)"
+            )
+        return image_kw, text_kw, common["return_tensors"]
+
+    def _text_defaults(self, text_kw: dict[str, Any]) -> dict[str, Any]:
+        """Truncate to the model's text limit unless told otherwise."""
+        limit = self.max_text_length
+        model_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(model_max, int) and 2 <= model_max < 1_000_000:
+            limit = model_max if limit is None else min(limit, model_max)
+        if limit is not None and "truncation" not in text_kw:
+            text_kw = {"truncation": True, **text_kw}
+            if "max_length" not in text_kw:
+                text_kw["max_length"] = limit
+        return text_kw
+
     def __call__(
         self,
         images: Any = None,
         text: str | list[str] | None = None,
         *,
-        return_tensors: str | None = "pt",
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        add_special_tokens: bool = True,
-        do_center_crop: bool | None = None,
-        **tokenizer_kwargs: Any,
-    ) -> dict[str, Any]:
+        images_kwargs: Mapping[str, Any] | None = None,
+        text_kwargs: Mapping[str, Any] | None = None,
+        common_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        from transformers import BatchFeature
+
         if images is None and text is None:
             raise ValueError("BridgeTowerProcessor: pass images, text, or both")
+        image_kw, text_kw, return_tensors = self._route(
+            kwargs, {"images_kwargs": images_kwargs, "text_kwargs": text_kwargs, "common_kwargs": common_kwargs}
+        )
+        image_return = image_kw.pop("return_tensors", return_tensors)
+        image_processor = self.image_processor.replace(**image_kw) if image_kw else self.image_processor  # validated
         out: dict[str, Any] = {}
         if text is not None:
             if self.tokenizer is None:
@@ -476,17 +309,10 @@ class BridgeTowerProcessor:
                 isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text)
             ):
                 raise TypeError("BridgeTowerProcessor: text must be a str or a non-empty list of str")
-            out.update(
-                self.tokenizer(
-                    text,
-                    return_tensors=return_tensors,
-                    padding=padding,
-                    truncation=truncation,
-                    max_length=max_length,
-                    add_special_tokens=add_special_tokens,
-                    **tokenizer_kwargs,
-                )
-            )
+            tk = self._text_defaults(text_kw)
+            encoding = self.tokenizer(text, return_tensors=tk.pop("return_tensors", return_tensors), **tk)
+            check_unknown_tokens(self.tokenizer, encoding["input_ids"], [text] if isinstance(text, str) else text)
+            out.update(encoding)
         if images is not None:
             if text is not None:
                 n_img = len(images) if isinstance(images, (list, tuple)) else 1
@@ -495,8 +321,8 @@ class BridgeTowerProcessor:
                     raise ValueError(
                         f"BridgeTowerProcessor: got {n_img} image(s) and {n_txt} text(s); pass one text per image"
                     )
-            out.update(self.image_processor(images, return_tensors=return_tensors, do_center_crop=do_center_crop))
-        return out
+            out.update(image_processor(images, return_tensors=image_return))
+        return BatchFeature(out)
 
     def decode(self, *args: Any, **kwargs: Any) -> str:
         """``tokenizer.decode``."""
@@ -514,3 +340,23 @@ class BridgeTowerProcessor:
     def model_input_names(self) -> list[str]:
         names = list(getattr(self.tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
         return names + ["pixel_values", "pixel_mask"]
+
+
+def _load_tokenizer(name: str, locate, hub: HubOptions, misses: list[BaseException]):
+    """``AutoTokenizer`` of a directory or Hub repository that has tokenizer files; refuses one
+    without (``AutoTokenizer`` would otherwise build a tokenizer from the model config alone)."""
+    from transformers import AutoTokenizer
+
+    if not any(locate(f) is not None for f in _TOKENIZER_MARKERS):
+        if misses and not os.path.isdir(name):
+            raise hub_error(name, "the tokenizer", misses[-1]) from misses[-1]
+        raise ValueError(
+            f"BridgeTowerProcessor.from_pretrained: {name!r} has no tokenizer files (one of "
+            f"{', '.join(_TOKENIZER_MARKERS)}); pass tokenizer=..., or save the model with its tokenizer "
+            "(model.save_pretrained(dir, tokenizer=tok) or processor.save_pretrained(dir))"
+        )
+    try:
+        kw = hub.kwargs() if not os.path.isdir(name) else {}
+        return AutoTokenizer.from_pretrained(name, **kw)
+    except Exception as err:  # noqa: BLE001
+        raise hub_error(name, "the tokenizer", err) from err

@@ -16,10 +16,25 @@ from torch import nn
 
 from .base import BatchSpec, BridgeTowerPreTrainedModel, roles_with_prefix
 from .config import BridgeTowerConfig
-from .model import BridgeTowerModel
+from .managertower import encoder_class
 from .outputs import BridgeTowerOutput
 
-__all__ = ["PAIR_BATCH_SPEC", "TaskModel", "normalize_task_name", "score_pairs"]
+__all__ = ["FORWARD_OPTIONS", "PAIR_BATCH_SPEC", "TaskModel", "check_forward_options", "normalize_task_name",
+           "score_pairs"]
+
+#: The keyword options every task model's ``forward`` takes besides its inputs and labels: the
+#: ``transformers`` ones and ``mask_image_padding`` (see :meth:`BridgeTowerModel.forward`).
+FORWARD_OPTIONS: tuple[str, ...] = (
+    "output_hidden_states", "output_attentions", "return_dict", "token_type_ids", "interpolate_pos_encoding",
+    "mask_image_padding", "inputs_embeds", "image_embeds",
+)
+
+
+def check_forward_options(options: dict) -> None:
+    """``TypeError`` naming the keywords of ``options`` that are not :data:`FORWARD_OPTIONS`."""
+    unknown = sorted(k for k in options if k not in FORWARD_OPTIONS)
+    if unknown:
+        raise TypeError(f"unexpected forward keyword(s) {unknown}; valid options: {', '.join(FORWARD_OPTIONS)}")
 
 #: The batch of a task model that reads (text, image) pairs with labels.
 PAIR_BATCH_SPEC = BatchSpec(
@@ -51,7 +66,8 @@ class TaskModel(BridgeTowerPreTrainedModel):
         if not isinstance(config, BridgeTowerConfig):
             raise TypeError(f"config must be a BridgeTowerConfig, got {type(config).__name__}")
         self.config = config
-        self.bridgetower = BridgeTowerModel(config, device=device, dtype=dtype)
+        self.bridgetower = encoder_class(config)(config, device=device, dtype=dtype)  # BridgeTower or ManagerTower
+        self.bridgetower.config = self.config  # one config object (its run-time attributes shared)
 
     @property
     def hidden_size(self) -> int:
@@ -72,6 +88,14 @@ class TaskModel(BridgeTowerPreTrainedModel):
     def set_attention_backend(self, backend: str | None) -> None:
         self.bridgetower.set_attention_backend(backend)
 
+    @property
+    def mask_image_padding(self) -> bool:
+        """Whether ``pixel_mask`` masks padded patches (see :class:`BridgeTowerModel`)."""
+        return self.bridgetower.mask_image_padding
+
+    def set_image_padding_mask(self, enable: bool = True) -> None:
+        self.bridgetower.set_image_padding_mask(enable)
+
     def parameter_roles(self) -> dict[str, str]:
         roles = roles_with_prefix(self.bridgetower.parameter_roles(), "bridgetower.")
         return {name: roles.get(name, "head") for name, _ in self.named_parameters()}
@@ -79,9 +103,36 @@ class TaskModel(BridgeTowerPreTrainedModel):
     def fsdp_unit_types(self) -> tuple[type[nn.Module], ...]:
         return self.bridgetower.fsdp_unit_types()
 
-    def _encode(self, input_ids, attention_mask, pixel_values, pixel_mask, **kw) -> BridgeTowerOutput:
-        """The encoder; task heads that read only the pooler pass ``pooled_only=True``."""
-        return self.bridgetower(input_ids, attention_mask, pixel_values, pixel_mask, **kw)
+    def _encode(self, input_ids, attention_mask, pixel_values, pixel_mask, **options) -> BridgeTowerOutput:
+        """The encoder, with the ``transformers`` forward options of :meth:`BridgeTowerModel.forward`
+        (``return_dict`` is the task output's business); task heads that read only the pooler
+        pass ``pooled_only=True``."""
+        check_forward_options({k: v for k, v in options.items() if k not in ("pooled_only", "image_token_type_idx")})
+        options.pop("return_dict", None)
+        for name in ("output_hidden_states", "output_attentions"):
+            options[name] = self._config_default(name, options.get(name), False)
+        if self._wants_states(options):
+            options["pooled_only"] = False  # every row of every layer, as transformers returns them
+        return self.bridgetower(input_ids, attention_mask, pixel_values, pixel_mask, **options)
+
+    def _wants_states(self, options: dict) -> bool:
+        """Whether ``options`` (or the config's run-time defaults) ask for hidden states or attentions."""
+        return any(bool(self._config_default(n, options.get(n), False))
+                   for n in ("output_hidden_states", "output_attentions"))
+
+    def _output(self, output_cls, encoder_out: BridgeTowerOutput | None, return_dict: bool | None, **fields):
+        """``output_cls`` with the encoder's ``hidden_states`` / ``attentions`` /
+        ``cross_attentions`` (when requested) and ``fields``; a tuple when ``return_dict=False``."""
+        if encoder_out is not None:
+            fields = {
+                "hidden_states": encoder_out.hidden_states,
+                "attentions": encoder_out.attentions,
+                "cross_attentions": encoder_out.cross_attentions,
+                "encoder_output": encoder_out,
+                **fields,
+            }
+        out = output_cls(**fields)
+        return out.to_tuple() if self._config_default("return_dict", return_dict, True) is False else out
 
 
 def score_pairs(model: TaskModel, head: nn.Module, pixel_values, input_ids, attention_mask, batch_size):

@@ -34,7 +34,7 @@ from .downstream import (
     BridgeTowerForVisualQuestionAnswering,
 )
 from .model import BridgeTowerModel
-from .outputs import BridgeTowerContrastiveOutput, BridgeTowerPretrainingOutput, TaskOutput
+from .outputs import BridgeTowerContrastiveOutput, TaskOutput
 from .pretraining import BridgeTowerForPretraining
 from .task_base import TaskModel, normalize_task_name, score_pairs
 
@@ -62,11 +62,15 @@ class BridgeTowerForImageAndTextRetrieval(TaskModel):
         super().__init__(config, device=device, dtype=dtype)
         self.itm_score = ITMHead(self.hidden_size, device=device, dtype=dtype)
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True)
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None, **options):
+        """``options``: the ``transformers`` forward keywords (``output_hidden_states``,
+        ``output_attentions``, ``return_dict``, ``token_type_ids``, ``interpolate_pos_encoding``)
+        and ``mask_image_padding``; see :meth:`BridgeTowerModel.forward`."""
+        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True, **options)
         logits = self.itm_score(out.pooler_output)
         loss = itm_loss(logits, labels) if labels is not None else None
-        return TaskOutput(loss=loss, logits=logits, pooler_output=out.pooler_output, encoder_output=out)
+        return self._output(TaskOutput, out, options.get("return_dict"), loss=loss, logits=logits,
+                            pooler_output=out.pooler_output)
 
     @torch.no_grad()
     def score(
@@ -98,11 +102,13 @@ class BridgeTowerForMaskedLM(TaskModel):
             self.hidden_size, config.text.vocab_size, eps=config.head_layer_norm_eps, device=device, dtype=dtype
         )
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask)
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None, **options):
+        """``options``: as :meth:`BridgeTowerForImageAndTextRetrieval.forward`'s."""
+        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, **options)
         logits = self.mlm_score(out.text_features)
         loss = mlm_loss(logits, labels) if labels is not None else None
-        return TaskOutput(loss=loss, logits=logits, pooler_output=out.pooler_output, encoder_output=out)
+        return self._output(TaskOutput, out, options.get("return_dict"), loss=loss, logits=logits,
+                            pooler_output=out.pooler_output)
 
 
 def _image_cls_projected(bt: BridgeTowerModel, image_states, image_token_type_idx: int = 1) -> torch.Tensor:
@@ -138,19 +144,24 @@ class BridgeTowerForContrastiveLearning(TaskModel):
             dtype=dtype,
         )
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, return_loss=False):
-        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True)
+    def forward(
+        self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, return_loss=False, **options
+    ):
+        """``options``: as :meth:`BridgeTowerForImageAndTextRetrieval.forward`'s."""
+        out = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, pooled_only=True, **options)
         text_cls = out.text_hidden_states[-1][:, 0]  # (B, H)
         image_cls = _image_cls_projected(self.bridgetower, out.image_hidden_states)  # (B, H)
         c = self.contrastive(text_cls, image_cls, out.pooler_output)
         loss = self.contrastive.loss(c) if return_loss else None
-        return BridgeTowerContrastiveOutput(
+        return self._output(
+            BridgeTowerContrastiveOutput,
+            out,
+            options.get("return_dict"),
             loss=loss,
             logits=c.logits,
             text_embeds=c.text_embeds,
             image_embeds=c.image_embeds,
             cross_embeds=c.cross_embeds,
-            encoder_output=out,
         )
 
 

@@ -49,7 +49,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .base import BatchSpec, BridgeTowerPreTrainedModel
-from .config import BridgeTowerConfig
+from .config import BridgeTowerConfig, check_allocation
 from .convert.adapt import copy_weights
 from .task_base import normalize_task_name
 from .towers.text import TransformersTextEncoder
@@ -172,6 +172,7 @@ class _UniModalClassifier(BridgeTowerPreTrainedModel):
         if not isinstance(config, BridgeTowerConfig):
             raise TypeError(f"config must be a BridgeTowerConfig, got {type(config).__name__}")
         _check_sizes(num_labels=num_labels)
+        check_allocation(config, parts=(self.tower_name.split("_")[0],))
         self.config = config
         self.num_labels = num_labels
 

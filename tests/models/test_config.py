@@ -6,6 +6,7 @@ import json
 from importlib import resources
 
 import pytest
+import torch
 
 from bridgetower.models import (
     BridgeTowerConfig,
@@ -79,8 +80,9 @@ def test_invalid_values_rejected():
         get_config("bridgetower-tiny", fusion={"num_layers": 5})
     with pytest.raises(ValueError, match="not divisible"):
         VisionConfig(width=100, heads=3)
-    with pytest.raises(ValueError, match="multiple of patch_size"):
-        VisionConfig(image_size=100, patch_size=16)
+    with pytest.raises(ValueError, match="smaller than patch_size"):
+        VisionConfig(image_size=12, patch_size=16)
+    assert VisionConfig(image_size=100, patch_size=16).num_tokens == 6 * 6 + 1  # floors, as HF
     with pytest.raises(TypeError, match="FusionConfig"):
         BridgeTowerConfig(fusion=3)
 
@@ -100,3 +102,49 @@ def test_create_model_tasks():
     assert isinstance(p, BridgeTowerForPretraining)
     n = sum(t.numel() for t in m.parameters())
     assert 2.5e6 < n < 3.2e6  # DEMO.md's ~2.9M-parameter tiny model
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"text.vocab_size": 0}, "TextConfig.vocab_size"),
+        ({"text.vocab_size": 2.5}, "TextConfig.vocab_size"),
+        ({"vision.layers": -1}, "VisionConfig.layers"),
+        ({"vision.heads": 0}, "VisionConfig.heads"),
+        ({"fusion.num_heads": 0}, "FusionConfig.num_heads"),
+        ({"text.layer_norm_eps": -1e-5}, "TextConfig.layer_norm_eps"),
+        ({"fusion.bridge_layer_norm_eps": float("nan")}, "FusionConfig.bridge_layer_norm_eps"),
+        ({"vision.mlp_ratio": "four"}, "VisionConfig.mlp_ratio"),
+        ({"text.dropout": 1.5}, "TextConfig.dropout"),
+        ({"fusion.hidden_act": "gelux"}, "FusionConfig.hidden_act"),
+        ({"fusion.bridge": "plus"}, "FusionConfig.bridge"),
+        ({"attn_backend": "fast"}, "BridgeTowerConfig.attn_backend"),
+        ({"itc_temperature": 0.0}, "BridgeTowerConfig.itc_temperature"),
+        ({"text.pad_token_id": 70}, "TextConfig.pad_token_id"),
+        ({"vision.quick_gelu": "yes"}, "VisionConfig.quick_gelu"),
+    ],
+)
+def test_bad_fields_are_refused_naming_the_field(override, field):
+    with pytest.raises((ValueError, TypeError), match=field.replace(".", r"\.")):
+        get_config("bridgetower-tiny", **override)
+
+
+@pytest.mark.parametrize("override", [{"text.vocab_size": 10**12}, {"text.num_layers": 10**6}])
+def test_absurd_sizes_fail_before_any_allocation(override, monkeypatch):
+    from bridgetower.models import BridgeTowerModel
+
+    config = get_config("bridgetower-base", **override)
+    allocated = []
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: allocated.append(a) or (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(ValueError, match="GiB for its parameters alone"):
+        BridgeTowerModel(config)
+    assert not allocated
+
+
+def test_parameter_estimate_is_close_to_the_real_count():
+    from bridgetower.models import create_model
+
+    model = create_model("bridgetower-tiny", task="pretraining")
+    est = sum(model.config.parameter_estimate().values())
+    real = model.num_parameters()
+    assert 0.8 < est / real < 1.25, (est, real)

@@ -287,9 +287,19 @@ def test_patch_mask_from_pixel_mask():
     model = BridgeTowerModel(_small_config()).eval()
     ids, mask_t, _ = _inputs(b=2)
     px = torch.randn(2, 3, 32, 48)
-    out = model(ids, mask_t, px, pm)
     ref = model.fuse(model.encode_text(ids, mask_t), model.encode_image(px), mask_t, expected)
-    torch.testing.assert_close(out.pooler_output, ref.pooler_output)
+    unmasked = model.fuse(model.encode_text(ids, mask_t), model.encode_image(px), mask_t)
+    # the option per call, and as the model's setting
+    torch.testing.assert_close(model(ids, mask_t, px, pm, mask_image_padding=True).pooler_output, ref.pooler_output)
+    torch.testing.assert_close(model(ids, mask_t, px, pm).pooler_output, unmasked.pooler_output)  # default: off
+    model.set_image_padding_mask(True)
+    torch.testing.assert_close(model(ids, mask_t, px, pm).pooler_output, ref.pooler_output)
+    torch.testing.assert_close(model(ids, mask_t, px, pm, mask_image_padding=False).pooler_output,
+                               unmasked.pooler_output)
+    # sizes that are not a multiple of the patch: the pixels past the last whole patch are ignored
+    ragged = torch.zeros(2, 40, 50, dtype=torch.long)
+    ragged[:, :32, :48] = pm
+    assert torch.equal(patch_mask_from_pixel_mask(ragged, 16), expected)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -303,8 +313,8 @@ def test_bad_inputs_raise_clear_errors():
         model(ids.float(), mask, px)
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, mask[:, :4], px)
-    with pytest.raises(ValueError, match="multiple of the patch size"):
-        model(ids, mask, torch.randn(3, 3, 30, 32))
+    with pytest.raises(ValueError, match="smaller than one patch"):
+        model(ids, mask, torch.randn(3, 3, 12, 32))
     with pytest.raises(ValueError, match="needs pixel_values"):
         model(ids, mask)
     with pytest.raises(ValueError, match="one per cross layer"):

@@ -106,6 +106,7 @@ def test_pretraining_step_matches_separate_fusions_and_trains_every_parameter():
 def test_pretraining_step_applies_the_pixel_mask():
     """A padded image's padding patches are masked in the step exactly as in forward."""
     model = BridgeTowerForPretraining(_config()).eval()
+    model.set_image_padding_mask(True)
     ids, mask, px = _inputs()
     pixel_mask = torch.ones(4, 32, 32, dtype=torch.long)
     pixel_mask[2, :, 16:] = 0  # image 2: right half is padding
@@ -147,6 +148,7 @@ def test_nlvr2_masks_each_image_with_its_own_pixel_mask():
     m1 = torch.ones(4, 32, 32, dtype=torch.long)
     m2 = torch.ones(4, 32, 32, dtype=torch.long)
     m2[:, 16:, :] = 0  # only the second image is padded
+    model.set_image_padding_mask(True)
     bt = model.bridgetower
     with torch.no_grad():
         out = model(ids, mask, px, m1, pixel_values_2=px2, pixel_mask_2=m2).logits

@@ -5,14 +5,19 @@ See the package docstring (:mod:`bridgetower.kernels.attention_backends`) for th
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 
 from ..dispatch import backend_reasons, check_backend_name, select_backend
 from .base import AttentionBackend, AttentionCall
 from .chunked import ChunkedBackend, default_chunk_size
-from .math import MathBackend
+from .math import MathBackend, attention_math
 from .sdpa import SDPABackend
 from .xformers import XFormersBackend
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ATTENTION_BACKENDS",
@@ -116,7 +121,8 @@ def attention(
     scale: float | None = None,
     dropout_seed: int | None = None,
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    return_probs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention on (B, H, L, Dh) tensors, dispatched by capability.
 
     Args:
@@ -132,9 +138,13 @@ def attention(
             ``math`` apply the same mask for the same seed and chunk size).
         chunk_size: query rows per chunk of the ``chunked`` path (default
             :func:`default_chunk_size`).
+        return_probs: also return the attention probabilities ``(B, H, Lq, Lk)`` (for
+            ``output_attentions``; differentiable). Only ``math`` materialises them: the call
+            runs there whatever ``backend`` says (the memory-efficient backends fall back),
+            reported once per backend at ``INFO``.
 
     Returns:
-        (B, H, Lq, Dv), in the dtype of ``q``.
+        (B, H, Lq, Dv), in the dtype of ``q``; with ``return_probs``, ``(out, probs)``.
     """
     _validate(q, k, v, key_padding_mask, attn_bias, dropout_p)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
@@ -158,8 +168,22 @@ def attention(
                                 and torch.is_grad_enabled()),
         dropout_p=dropout_p, seeded_dropout=dropout_seed is not None, needs_grad=needs_grad,
     )
+    if return_probs:
+        check_attention_backend(backend)
+        if backend != "math":
+            _log_probs_fallback(backend or "automatic")
+        return attention_math(q, k, v, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
+                              dropout_p=dropout_p, scale=scale, return_probs=True)
     impl = select_attention_backend(call, backend)
     if chunk_size is None:
         chunk_size = default_chunk_size(B, H, Lq, Lk)
     return impl.run(q, k, v, key_padding_mask, attn_bias, dropout_p, scale, dropout_seed,
                     chunk_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _log_probs_fallback(backend: str) -> None:
+    """Say once per backend that attention probabilities come from ``math`` instead."""
+    logger.info(
+        "attention backend %r does not return attention probabilities; the calls that need them "
+        "(output_attentions=True) run on 'math', which materialises them", backend)

@@ -20,12 +20,15 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                    key_padding_mask: torch.Tensor | None = None,
                    attn_bias: torch.Tensor | None = None, dropout_p: float = 0.0,
                    scale: float | None = None,
-                   dropout_keep: torch.Tensor | None = None) -> torch.Tensor:
+                   dropout_keep: torch.Tensor | None = None,
+                   return_probs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference attention: scores, masks, softmax, dropout, weighted sum, all explicit.
 
     ``dropout_keep`` (bool, broadcastable to (B, H, Lq, Lk)) replaces the random dropout
     mask when given (kept probabilities are scaled by ``1 / (1 - dropout_p)``). Rows whose
-    keys are all masked give zeros. No input validation (see :func:`attention`).
+    keys are all masked give zeros. With ``return_probs`` also returns the ``(B, H, Lq, Lk)``
+    probabilities (after dropout, as ``transformers``' eager attention returns them), in the
+    dtype of ``v``, part of the autograd graph. No input validation (see :func:`attention`).
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -42,7 +45,8 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             probs = probs * dropout_keep / (1.0 - dropout_p)
         else:
             probs = F.dropout(probs, p=dropout_p, training=True)
-    return torch.matmul(probs.to(v.dtype), v)
+    out = torch.matmul(probs.to(v.dtype), v)
+    return (out, probs.to(v.dtype)) if return_probs else out
 
 
 class MathBackend(AttentionBackend):

@@ -32,15 +32,19 @@ from .keys import (
     convert_to_hf_state_dict,
 )
 from .load import (
+    LOAD_KEYWORDS,
     LoadReport,
     load_converted_state_dict,
     load_official_checkpoint,
     load_pretrained,
 )
-from .save import save_pretrained
+from .save import push_to_hub, save_pretrained, write_weights
+from .sources import HubOptions, looks_local, read_weights
 
 __all__ = [
+    "LOAD_KEYWORDS",
     "ConvertedStateDict",
+    "HubOptions",
     "LazyTensor",
     "LoadReport",
     "WeightCopyReport",
@@ -56,7 +60,11 @@ __all__ = [
     "load_converted_state_dict",
     "load_official_checkpoint",
     "load_pretrained",
+    "looks_local",
+    "push_to_hub",
     "read_safetensors_lazy",
     "read_state_dict",
+    "read_weights",
     "save_pretrained",
+    "write_weights",
 ]

@@ -36,7 +36,10 @@ def config_from_hf(hf_config: Any) -> BridgeTowerConfig:
 
     HF sizes its cross layers from ``text_config`` (width, heads, FFN, eps, dropout) and
     uses the top-level ``layer_norm_eps`` for ``cross_modal_*_layernorm``, the bridges and
-    the MLM head; all of that is carried over so our model computes what HF computes.
+    the MLM head; all of that is carried over so our model computes what HF computes.  A
+    vision ``share_layernorm=False`` becomes ``ln_separate=False``: HF's forward applies
+    ``ln_post`` to every fusion input whatever that flag says (the ``ln_separate`` weights are
+    reported as dropped).
     """
     tc = hf_field(hf_config, "text_config")
     vc = hf_field(hf_config, "vision_config")
@@ -66,7 +69,9 @@ def config_from_hf(hf_config: Any) -> BridgeTowerConfig:
             mlp_ratio=4.0,
             quick_gelu=True,
             layer_norm_eps=hf_field(vc, "layer_norm_eps", 1e-5),
-            ln_separate=not hf_field(vc, "share_layernorm", True),
+            # transformers builds ln_separate for share_layernorm=False but its forward normalises
+            # every fusion input with ln_post: so do we (the ln_separate weights are dropped)
+            ln_separate=False,
         ),
         text=TextConfig.from_transformers(tc, model_type="roberta"),
         fusion=FusionConfig(
@@ -85,10 +90,15 @@ def config_from_hf(hf_config: Any) -> BridgeTowerConfig:
         head_layer_norm_eps=eps,
         contrastive_dim=hf_field(hf_config, "contrastive_hidden_size", None) or 512,
         logit_scale_init=hf_field(hf_config, "logit_scale_init_value", None) or 2.6592,
+        # written by our HF export of the downstream models (transformers keeps unknown fields)
+        vqa_num_labels=hf_field(hf_config, "vqa_num_labels", None) or 3129,
+        snli_num_labels=hf_field(hf_config, "snli_num_labels", None) or 3,
     )
 
 
-def config_to_hf(config: BridgeTowerConfig, *, architectures: list[str] | None = None):
+def config_to_hf(
+    config: BridgeTowerConfig, *, architectures: list[str] | None = None, tie_word_embeddings: bool = False
+):
     """Ours -> a ``transformers`` ``BridgeTowerConfig``.
 
     Raises ``ValueError`` for what HF cannot express (text width != cross width, cross heads or
@@ -114,6 +124,8 @@ def config_to_hf(config: BridgeTowerConfig, *, architectures: list[str] | None =
         problems.append("vision tower must have heads = width // 64, mlp_ratio 4 and QuickGELU")
     if f.num_token_types != 2:
         problems.append(f"fusion.num_token_types={f.num_token_types} (HF: 2)")
+    if v.ln_separate:
+        problems.append("vision.ln_separate=True (HF's forward normalises every fusion input with ln_post)")
     if problems:
         raise ValueError("cannot express in the HF BridgeTower format: " + "; ".join(problems))
     if f.layer_norm_eps != t.layer_norm_eps or config.head_layer_norm_eps != f.bridge_layer_norm_eps:
@@ -135,7 +147,7 @@ def config_to_hf(config: BridgeTowerConfig, *, architectures: list[str] | None =
         link_tower_type=f.bridge,
         share_link_tower_layers=False,
         share_cross_modal_transformer_layers=True,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         contrastive_hidden_size=config.contrastive_dim,
         logit_scale_init_value=config.logit_scale_init,
         architectures=architectures,
@@ -146,7 +158,7 @@ def config_to_hf(config: BridgeTowerConfig, *, architectures: list[str] | None =
             patch_size=v.patch_size,
             image_size=v.image_size,
             layer_norm_eps=v.layer_norm_eps,
-            share_layernorm=not v.ln_separate,
+            share_layernorm=True,
         ),
     )
 

@@ -138,19 +138,9 @@ def read_state_dict(path: str | Path, *, lazy: bool = False) -> dict[str, Any]:
 
 
 def hf_weights_in(directory: str | Path) -> dict[str, Any]:
-    """The weights of a Hugging Face model directory: ``model.safetensors``, its shards
-    (``model-*.safetensors``), or ``pytorch_model.bin``."""
-    directory = Path(directory)
-    st = directory / "model.safetensors"
-    if st.exists():
-        return read_state_dict(st, lazy=True)
-    shards = sorted(directory.glob("model-*.safetensors"))
-    if shards:
-        out: dict[str, Any] = {}
-        for s in shards:
-            out.update(read_state_dict(s, lazy=True))
-        return out
-    binf = directory / "pytorch_model.bin"
-    if binf.exists():
-        return read_state_dict(binf)
-    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    """The weights of a Hugging Face model directory: ``model.safetensors``, the shards of
+    ``model.safetensors.index.json``, or ``pytorch_model.bin`` (see
+    :func:`~bridgetower.models.convert.sources.read_weights`)."""
+    from .sources import local_locator, read_weights
+
+    return read_weights(local_locator(Path(directory)), str(directory))

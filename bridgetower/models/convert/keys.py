@@ -84,6 +84,10 @@ _HF_HEAD_PREFIXES: dict[str, str] = {
     "itc_image_head.": "contrastive.itc_image_head.",
     "itc_cross_modal_head.": "contrastive.itc_cross_modal_head.",
     "logit_scale": "contrastive.logit_scale",
+    # bridgetower's downstream heads, written beside an HF encoder under their own names
+    "vqa_classifier.": "vqa_classifier.",
+    "snli_classifier.": "snli_classifier.",
+    "rank_output.": "rank_output.",
 }
 
 # Official top-level prefixes -> HF encoder names (then the HF table applies).
@@ -122,6 +126,11 @@ _UNUSED_PATTERNS = (
     "position_ids",
     "token_type_ids",
 )
+
+
+# transformers builds per-layer vision LayerNorms for share_layernorm=False but its forward
+# never reads them (it applies ln_post); dropped from HF checkpoints, reported.
+_HF_UNUSED_LN_SEPARATE = "vision_model.visual.ln_separate."
 
 
 def _match_prefix(key: str, table: Mapping[str, str]) -> tuple[str, str] | None:
@@ -187,7 +196,7 @@ def convert_hf_state_dict(
     out = ConvertedStateDict({})
     for key, value in state_dict.items():
         bare = key[len("bridgetower.") :] if key.startswith("bridgetower.") else key
-        if _is_unused(bare):
+        if _is_unused(bare) or bare.startswith(_HF_UNUSED_LN_SEPARATE):
             out.dropped.append(key)
             continue
         new = _hf_encoder_key_to_ours(bare)
@@ -230,8 +239,8 @@ def convert_to_hf_state_dict(
 ) -> ConvertedStateDict:
     """Our state dict -> HF names (encoder under ``hf_prefix``, heads at the top level).
 
-    Our official-ITC head (``itc.*``) and the downstream heads have no HF counterpart and are
-    reported in ``unknown``.
+    Our official-ITC head (``itc.*``) has no HF counterpart and is reported in ``unknown``; the
+    downstream heads (VQA, SNLI-VE, IRTR) keep their own names (see :func:`save_pretrained`).
     """
     out = ConvertedStateDict({})
     head_inverse = {v: k for k, v in _HF_HEAD_PREFIXES.items()}

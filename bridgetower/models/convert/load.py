@@ -23,19 +23,20 @@ from torch import nn
 from ..config import BridgeTowerConfig
 from .adapt import adapt_tensor
 from .configs import config_from_hf, config_from_official, hf_field
-from .io import LazyTensor, hf_weights_in, read_state_dict
+from .io import LazyTensor, read_state_dict
 from .keys import (
     CONFIG_NAME,
     FORMAT_NAME,
-    WEIGHTS_NAME,
     ConvertedStateDict,
     convert_hf_state_dict,
     convert_official_state_dict,
 )
+from .sources import HubOptions, hub_error, hub_locator, local_locator, looks_local, read_weights
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LOAD_KEYWORDS",
     "LoadReport",
     "all_head_names",
     "encoder_prefix",
@@ -62,6 +63,8 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     unused_heads: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    #: the dtype of the checkpoint's floating-point tensors (``from_pretrained(dtype="auto")``)
+    dtype: torch.dtype | None = None
 
     @property
     def ok(self) -> bool:
@@ -96,6 +99,8 @@ def load_converted_state_dict(
     target = model.state_dict()
     to_load: dict[str, torch.Tensor] = {}
     for key, value in converted.state_dict.items():
+        if report.dtype is None and value.dtype.is_floating_point:
+            report.dtype = value.dtype
         if key not in target:
             if key.split(".", 1)[0] in all_head_names():
                 report.unused_heads.append(key)
@@ -162,6 +167,10 @@ def load_official_checkpoint(
     """
     path = Path(path)
     sd = read_state_dict(path)
+    if any(k.startswith("cross_modal_text_manager_tower.") for k in sd):  # ManagerTower: its own converter
+        from ..managertower_convert import load_official_managertower_checkpoint
+
+        return load_official_managertower_checkpoint(cls, path, sd, config_json=config_json, strict=strict, **overrides)
     meta: dict[str, Any] = {}
     if isinstance(config_json, Mapping):
         meta = dict(config_json)
@@ -192,78 +201,206 @@ def load_official_checkpoint(
     return model
 
 
-def load_pretrained(cls: type, source: Any, *, strict: bool = True, config_json: Any = None, **overrides: Any):
+#: The keywords of ``from_pretrained`` besides config overrides (``transformers``' names).
+LOAD_KEYWORDS: tuple[str, ...] = (
+    "strict", "config_json", "revision", "cache_dir", "local_files_only", "token", "force_download",
+    "dtype", "torch_dtype", "device_map", "mask_image_padding",
+)
+
+
+def load_pretrained(
+    cls: type,
+    source: Any,
+    *,
+    strict: bool = True,
+    config_json: Any = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    dtype: Any = None,
+    torch_dtype: Any = None,
+    device_map: Any = None,
+    mask_image_padding: bool | None = None,
+    **overrides: Any,
+):
     """Build ``cls`` and load ``source`` (see :meth:`from_pretrained` of the models).
 
-    ``source``: our directory; a HF directory, hub name or in-memory ``transformers``
+    ``source``: our directory; a HF directory, Hub id or in-memory ``transformers``
     BridgeTower model; an official ``.ckpt`` / ``.safetensors`` state dict (or a directory
-    holding one ``.ckpt``).  ``overrides`` apply to the derived config (e.g. run-time switches
-    such as ``attn_backend``).  The returned model has ``load_report`` (:class:`LoadReport`).
+    holding one ``.ckpt``).  Weights may be one file or shards
+    (``model.safetensors.index.json``), locally and on the Hub.  A name that looks like a local
+    path but does not exist raises ``FileNotFoundError`` at once.
+
+    Keywords (``transformers``' spelling): ``revision``, ``cache_dir``, ``local_files_only``,
+    ``token``, ``force_download`` for Hub downloads; ``dtype`` (alias ``torch_dtype``; a
+    ``torch.dtype``, its name, or ``"auto"`` for the checkpoint's); ``device_map`` (one device:
+    ``"cpu"``, ``"cuda:0"``, an index, a ``torch.device``, or ``"auto"`` = the first GPU if
+    any, else the CPU); ``mask_image_padding`` (default: ``False`` for ``transformers`` and
+    official checkpoints, the saved setting for ours, ``True`` for ours written before the
+    option existed).  Other keywords are config overrides (e.g. ``attn_backend``); anything
+    else raises ``TypeError`` listing the valid keywords.  The returned model has
+    ``load_report`` (:class:`LoadReport`).
     """
-    prefix = encoder_prefix(cls)
+    _check_override_keys(overrides)
+    dtype = _resolve_dtype(dtype, torch_dtype)
+    device = _resolve_device(device_map)
+    if mask_image_padding is not None and not isinstance(mask_image_padding, bool):
+        raise TypeError(f"mask_image_padding must be True, False or None, got {mask_image_padding!r}")
+    hub = HubOptions(revision, cache_dir, local_files_only, token, force_download)
+    model = _load(cls, source, strict, config_json, hub, overrides)
+    if isinstance(source, (str, Path)):
+        model.name_or_path = str(source)  # transformers' name; save_pretrained copies its tokenizer files
+    if mask_image_padding is not None:
+        model.set_image_padding_mask(mask_image_padding)
+    if dtype == "auto":
+        dtype = model.load_report.dtype
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def _load(cls, source, strict, config_json, hub: HubOptions, overrides):
     if isinstance(source, nn.Module):
         hf_cfg = getattr(source, "config", None)
         if hf_field(hf_cfg, "model_type") != "bridgetower":
             raise TypeError(
                 f"expected a transformers BridgeTower model, got {type(source).__name__}"
             )
-        config = config_from_hf(hf_cfg)
-        sd = source.state_dict()
-        return _build_and_load(cls, config, convert_hf_state_dict(sd, encoder_prefix=prefix), strict, overrides)
+        return _load_hf(cls, hf_cfg, source.state_dict(), strict, overrides)
     if not isinstance(source, (str, Path)):
         raise TypeError(f"pretrained source must be a path, hub name or model, got {type(source).__name__}")
     path = Path(source)
     if path.is_file():
         return load_official_checkpoint(cls, path, config_json=config_json, strict=strict, **overrides)
     if path.is_dir():
-        cfg_file = path / CONFIG_NAME
-        meta = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-        if meta.get("format") == FORMAT_NAME:
-            config = BridgeTowerConfig.from_dict(meta["config"])
-            sd = read_state_dict(path / WEIGHTS_NAME, lazy=True)
-            return _build_and_load(cls, config, ConvertedStateDict(_retarget(sd, meta.get("task"), cls)), strict, overrides)
-        if meta.get("model_type") == "bridgetower":
-            from transformers import BridgeTowerConfig as HFConfig
-
-            config = config_from_hf(HFConfig.from_dict(meta))
-            sd = hf_weights_in(path)
-            return _build_and_load(cls, config, convert_hf_state_dict(sd, encoder_prefix=prefix), strict, overrides)
+        meta = _read_json(local_locator(path)(CONFIG_NAME))
+        if meta.get("format") == FORMAT_NAME or meta.get("model_type") == "bridgetower":
+            return _load_directory(cls, meta, local_locator(path), str(path), strict, overrides)
         ckpts = sorted(path.glob("*.ckpt"))
         if len(ckpts) == 1:
             return load_official_checkpoint(cls, ckpts[0], config_json=config_json, strict=strict, **overrides)
         raise ValueError(f"{path}: not a bridgetower, HF BridgeTower or official checkpoint directory")
-    if str(source).startswith(("/", ".", "~")) or str(source).count("/") != 1:
-        raise FileNotFoundError(f"no checkpoint at {str(source)!r} (not a file, directory or hub name 'org/name')")
-    # a hub name: needs network (or a filled local cache)
-    import huggingface_hub
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    name = str(source)
+    if looks_local(name):
+        raise FileNotFoundError(f"no checkpoint at {name!r}: no such file or directory (and not a Hub id 'org/name')")
+    # a Hub repository: needs the network (or a filled local cache)
+    misses: list[BaseException] = []
+    locate = hub_locator(name, hub, misses)
+    config_file = locate(CONFIG_NAME)
+    if config_file is None:
+        cause = misses[-1] if misses else None
+        raise hub_error(name, CONFIG_NAME, cause or FileNotFoundError("the repository has no config.json")) from cause
+    meta = _read_json(config_file)
+    if meta.get("format") != FORMAT_NAME and meta.get("model_type") != "bridgetower":
+        raise ValueError(f"{name!r} on the Hub is not a bridgetower or HF BridgeTower checkpoint")
+    return _load_directory(cls, meta, locate, name, strict, overrides)
+
+
+def _read_json(path: Path | None) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path is not None else {}
+
+
+def _load_directory(cls, meta: dict, locate, where: str, strict: bool, overrides):
+    """Our format or the HF one, from a local directory or a Hub repository (``locate``)."""
+    sd = read_weights(locate, where)
+    if meta.get("format") == FORMAT_NAME:
+        config = BridgeTowerConfig.from_dict(meta["config"])
+        converted = ConvertedStateDict(_retarget(sd, meta.get("task"), cls))
+        tied = meta.get("tied", {})
+        for dst, src in tied.items():  # tied tensors are stored once
+            if dst not in converted.state_dict and src in converted.state_dict:
+                converted.state_dict[dst] = converted.state_dict[src]
+        model = _build_and_load(cls, config, converted, strict, overrides)
+        if hasattr(model, "set_image_padding_mask"):
+            # checkpoints written before the option existed were made with masking on
+            model.set_image_padding_mask(bool(meta.get("mask_image_padding", True)))
+        _tie_saved(model, tied)
+        return model
     from transformers import BridgeTowerConfig as HFConfig
 
-    name = str(source)
-    try:
-        hf_config = HFConfig.from_pretrained(name)
-        try:
-            weights = Path(hf_hub_download(name, "model.safetensors"))
-        except EntryNotFoundError as err:  # older repos ship only the pickle
-            if isinstance(err, LocalEntryNotFoundError):
-                raise
-            weights = Path(hf_hub_download(name, "pytorch_model.bin"))
-    except (OSError, ValueError) as err:  # offline and not cached, unknown repo, malformed id
-        offline = (
-            " (HF_HUB_OFFLINE is set and it is not cached)"
-            if huggingface_hub.constants.HF_HUB_OFFLINE
-            else ""
-        )
-        raise OSError(
-            f"{name!r} is not a local file or directory, and loading it as a Hugging Face "
-            f"Hub id failed{offline}: {err}"
-        ) from err
+    return _load_hf(cls, HFConfig.from_dict(meta), sd, strict, overrides)
+
+
+def _load_hf(cls, hf_config, sd, strict, overrides):
     config = config_from_hf(hf_config)
-    sd = read_state_dict(weights)
-    return _build_and_load(cls, config, convert_hf_state_dict(sd, encoder_prefix=prefix), strict, overrides)
+    model = _build_and_load(cls, config, convert_hf_state_dict(sd, encoder_prefix=encoder_prefix(cls)), strict, overrides)
+    if hf_field(hf_config, "tie_word_embeddings", False) and hasattr(model, "mlm_score"):
+        # transformers ties the MLM decoder to the word embeddings when the config says so
+        model.mlm_score.tie_weights(model.bridgetower.text_model.word_embeddings.weight)
+    return model
 
 
+def _tie_saved(model: nn.Module, tied: Mapping[str, str]) -> None:
+    """Share again the parameters saved once (``tied`` = {dropped name: kept name}): through
+    the owning head's ``tie_weights`` when it has one, else by assignment."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for dst, src in tied.items():
+        if dst not in params or src not in params:
+            continue
+        path = dst.split(".")
+        for cut in range(len(path) - 1, 0, -1):  # the nearest owner with tie_weights
+            owner = model.get_submodule(".".join(path[:cut]))
+            if hasattr(owner, "tie_weights"):
+                owner.tie_weights(params[src])
+                break
+        else:
+            owner = model.get_submodule(".".join(path[:-1]))
+            setattr(owner, path[-1], params[src])
+
+
+def _check_override_keys(overrides: Mapping[str, Any]) -> None:
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(BridgeTowerConfig)]
+    bad = sorted(k for k in overrides if k.split(".", 1)[0] not in fields)
+    if bad:
+        raise TypeError(
+            f"from_pretrained got unexpected keyword(s) {bad}. Valid: {', '.join(LOAD_KEYWORDS)}, and config "
+            f"overrides (BridgeTowerConfig fields: {', '.join(fields)}; 'sub.field' keys)"
+        )
+
+
+_DTYPE_NAMES = {
+    "float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
+    "float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+}
+
+
+def _resolve_dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | str | None:
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree (torch_dtype is the old name)")
+    dtype = dtype if dtype is not None else torch_dtype
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.removeprefix("torch.")]
+    raise ValueError(
+        f"dtype must be a floating torch.dtype, one of {sorted(_DTYPE_NAMES)} or 'auto', got {dtype!r}"
+    )
+
+
+def _resolve_device(device_map: Any) -> torch.device | None:
+    """One device for the whole model (``device_map`` that spread a model are refused)."""
+    if device_map is None:
+        return None
+    if device_map == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise ValueError(
+                f"device_map: bridgetower places a model on one device; got {len(devices)} devices {sorted(map(str, devices))}"
+            )
+        device_map = devices.pop()
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device_map must be 'auto', a device ('cpu', 'cuda:0', an index, a torch.device) or "
+            f"{{'': device}}, got {device_map!r}"
+        ) from None
 def _retarget(sd: Mapping[str, torch.Tensor], saved_task: str | None, cls: type) -> dict[str, torch.Tensor]:
     """Our own checkpoint saved from one task model, loaded into another: move the encoder prefix."""
     from ..task_base import normalize_task_name

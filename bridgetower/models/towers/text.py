@@ -133,9 +133,69 @@ class TransformersTextEncoder(nn.Module):
         else:
             self.model.gradient_checkpointing_disable()
 
+    @property
+    def max_length(self) -> int:
+        """The longest input the position table allows: ``max_position_embeddings``, less
+        ``pad_token_id + 1`` for RoBERTa-style embeddings, whose positions start after the
+        padding id."""
+        offset = getattr(getattr(self.model, "embeddings", None), "padding_idx", None)
+        n = self.config.max_position_embeddings
+        return n - offset - 1 if isinstance(offset, int) else n
+
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """Validate a text batch at a model entry point: a non-empty integer ``(B, L)`` tensor,
+        ids inside the vocabulary, ``L`` within :attr:`max_length`, a matching
+        ``attention_mask`` with at least one token per text.  ``ValueError`` / ``TypeError``
+        naming the argument and the limit."""
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a tensor, got {type(input_ids).__name__}")
+        if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"input_ids must be an integer (B, L) tensor, got {input_ids.dtype} of shape "
+                f"{tuple(input_ids.shape)}"
+            )
+        b, length = input_ids.shape
+        if b == 0:
+            raise ValueError("input_ids is an empty batch (B = 0): pass at least one text")
+        if length == 0:
+            raise ValueError("input_ids has no tokens (L = 0): every text needs at least one token")
+        if length > self.max_length:
+            raise ValueError(
+                f"input_ids has {length} tokens, more than the {self.max_length} the text tower's "
+                f"position table allows (max_position_embeddings={self.config.max_position_embeddings}); "
+                "truncate the texts (the processor does by default: truncation=True)"
+            )
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"input_ids holds the id {bad}, outside the vocabulary [0, {self.config.vocab_size}) "
+                "(vocab_size); was the text tokenized with this model's tokenizer?"
+            )
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor):
+                raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                    f"{tuple(input_ids.shape)}"
+                )
+            empty = (attention_mask == 0).all(dim=1).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(
+                    f"attention_mask is all zeros for text(s) {empty[:10]}: an empty text has no "
+                    "token to attend to (the tokenizer adds <s> ... </s> even to an empty string)"
+                )
+
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The top ``num_outputs`` hidden states; with ``output_hidden_states`` also every
+        hidden state (embeddings, then each layer), as ``(tapped, every)``."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -143,7 +203,8 @@ class TransformersTextEncoder(nn.Module):
             return_dict=True,
         )
         # hidden_states: (embeddings, layer 1, ..., layer L), each (B, L, hidden)
-        return list(out.hidden_states[-self.num_outputs :])
+        tapped = list(out.hidden_states[-self.num_outputs :])
+        return (tapped, tuple(out.hidden_states)) if output_hidden_states else tapped
 
     def extra_repr(self) -> str:
         c = self.config

@@ -11,7 +11,8 @@ Parameter names are open_clip's (= OpenAI CLIP's): ``visual.conv1``, ``visual.cl
 ``visual.ln_post``, plus ``ln_separate.N`` when configured.
 
 Images of another size than ``config.image_size`` get bicubically resized position embeddings
-(the CLS position kept), as the official code and the HF port do.
+(the CLS position kept), as the official code and the HF port do; sizes that are not a
+multiple of the patch size use the whole patches (the patch convolution floors).
 """
 
 from __future__ import annotations
@@ -180,8 +181,11 @@ class OpenCLIPVisionEncoder(nn.Module):
         device, dtype: of the parameters.
 
     ``forward(pixel_values)`` with ``pixel_values`` ``(B, 3, H, W)`` returns a list of
-    ``num_outputs`` tensors ``(B, 1 + (H/p)*(W/p), width)``, bottom to top, each after
-    ``ln_post`` (or ``ln_separate[i]``).
+    ``num_outputs`` tensors ``(B, 1 + (H//p)*(W//p), width)``, bottom to top, each after
+    ``ln_post`` (or ``ln_separate[i]``).  ``H`` and ``W`` need not be multiples of the patch
+    size ``p``: the patch convolution floors, as in ``transformers``.  With
+    ``output_hidden_states=True`` it returns ``(tapped, every)``, ``every`` being the
+    ``ln_pre`` output and each block's output (no ``ln_post``), batch first.
     """
 
     def __init__(
@@ -283,14 +287,18 @@ class OpenCLIPVisionEncoder(nn.Module):
             raise ValueError(
                 f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}"
             )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be a floating-point tensor (rescaled and normalised images, as "
+                f"the processor returns them), got {pixel_values.dtype}"
+            )
         p = self.config.patch_size
         h, w = pixel_values.shape[-2:]
-        if h % p or w % p:
-            raise ValueError(
-                f"image size {h}x{w} is not a multiple of the patch size {p}"
-            )
+        if h < p or w < p:
+            raise ValueError(f"image size {h}x{w} is smaller than one patch ({p}x{p})")
         v = self.visual
-        x = v.conv1(pixel_values.to(v.conv1.weight.dtype))  # (B, W, gh, gw)
+        # the patch convolution floors: rows/columns past the last whole patch are unused
+        x = v.conv1(pixel_values.to(v.conv1.weight.dtype))  # (B, W, h // p, w // p)
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, W)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + gh*gw, W)
@@ -303,8 +311,11 @@ class OpenCLIPVisionEncoder(nn.Module):
             return self.ln_separate[layer](hidden)
         return self.visual.ln_post(hidden)
 
-    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
         x = self.embed(pixel_values)
+        every = [x]
         blocks = self.visual.transformer.resblocks
         first = len(blocks) - self.num_outputs
         outputs = []
@@ -313,9 +324,11 @@ class OpenCLIPVisionEncoder(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
+            if output_hidden_states:
+                every.append(x)
             if i >= first:
                 outputs.append(self.post_norm(x, i))
-        return outputs
+        return (outputs, tuple(every)) if output_hidden_states else outputs
 
     def extra_repr(self) -> str:
         c = self.config
