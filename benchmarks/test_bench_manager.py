@@ -1,7 +1,10 @@
 """ManagerTower's managers against BridgeTower's bridges: the fusion part, time and memory.
 
 Run with ``pytest benchmarks/test_bench_manager.py --benchmark-only`` (about a minute on a
-2-core CPU); ``BT_BENCH_FULL=1`` runs the whole base fusion (6 cross layers) instead of 2.
+2-core CPU); ``BT_BENCH_FULL=1`` runs the whole base fusion (6 cross layers) instead of 2, and
+adds ``test_whole_model_step``: the whole base encoders, ``managertower-base`` against
+``bridgetower-base``, interleaved training steps (``BT_BENCH_PAIRS``, default 4) and autograd's
+saved bytes (CPU only; a few minutes).
 
 What is compared, at base widths (D = 768, 12 heads, 6 managed layers per stream, 40 text
 tokens, 325 image tokens = 288 px, batch 1, training mode without dropout):
@@ -27,6 +30,7 @@ import ctypes
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -124,9 +128,15 @@ def test_fusions_run_the_same_cross_layers():
 
 
 def _saved_bytes(impl: str, device: str = DEVICE) -> int:
-    """Bytes autograd keeps for the backward of one forward (each storage once)."""
+    """Bytes autograd keeps for the backward of one forward of the fusion (each storage once)."""
     fusion = _fusion(impl, device)
     text, image, mask = _inputs(impl, device)
+    return _saved_by(lambda: _forward(impl, fusion, text, image, mask), [*fusion.parameters(), text, image])
+
+
+def _saved_by(forward, exclude) -> int:
+    """Bytes autograd keeps for the backward of ``forward()``, each storage once, without
+    those of the tensors in ``exclude`` (parameters, inputs)."""
     seen: dict[int, int] = {}
 
     def pack(t):
@@ -136,10 +146,9 @@ def _saved_bytes(impl: str, device: str = DEVICE) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _forward(impl, fusion, text, image, mask)
-    params = {p.untyped_storage().data_ptr() for p in fusion.parameters()}
-    inputs = {t.untyped_storage().data_ptr() for t in (text, image)}
-    return sum(n for ptr, n in seen.items() if ptr not in params and ptr not in inputs)
+        forward()
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    return sum(n for ptr, n in seen.items() if ptr not in skip)
 
 
 def _peak_bytes(impl: str) -> int:
@@ -192,6 +201,71 @@ def test_fusion_memory(benchmark):
     benchmark.extra_info.update(saved_bytes=saved, peak_bytes=peaks, parameters=params, table=table)
     print("\n" + table)
     assert saved["managers"] > saved["bridges"]  # N layers normalised per stream, the routing
+
+
+# ---------------------------------------------------------------- the whole model
+
+MODELS = {"bridges": "bridgetower-base", "managers": "managertower-base"}
+
+
+def _model_step(impl: str):
+    """One training step (forward + backward) of the whole base encoder: towers, projections,
+    fusion, poolers; 288 px, 40 tokens, batch 1, dropout and manager noise on."""
+    from bridgetower.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(MODELS[impl], attn_backend="sdpa").train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 1000, (BATCH, TEXT_LEN), generator=g)
+    mask = torch.ones_like(ids)
+    pixels = torch.randn(BATCH, 3, 288, 288, generator=g)
+
+    def forward():
+        out = model(ids, mask, pixels)
+        return out.text_features.sum() + out.image_features.sum() + out.pooler_output.sum()
+
+    def step():
+        forward().backward()
+        model.zero_grad(set_to_none=True)
+
+    return model, forward, step
+
+
+@pytest.mark.skipif(not FULL or DEVICE != "cpu", reason="the whole base model on CPU: BT_BENCH_FULL=1")
+def test_whole_model_step(benchmark):
+    """The managers' share of a whole base training step: ``managertower-base`` against
+    ``bridgetower-base`` (12 + 12 uni-modal layers, 6 cross layers), interleaved steps timed by
+    process CPU time (the first pair a warm-up), autograd's saved bytes, parameters."""
+    import time
+
+    benchmark.group = "whole base model, training step, 288 px"
+    built = {impl: _model_step(impl) for impl in MODELS}
+    times: dict[str, list[float]] = {impl: [] for impl in MODELS}
+
+    def pairs():
+        for i in range(int(os.environ.get("BT_BENCH_PAIRS", "4")) + 1):
+            order = list(MODELS) if i % 2 == 0 else list(MODELS)[::-1]
+            for impl in order:
+                c0 = time.process_time()
+                built[impl][2]()
+                if i:
+                    times[impl].append(time.process_time() - c0)
+
+    benchmark.pedantic(pairs, rounds=1, iterations=1)
+    ratio = statistics.median(m / b for m, b in zip(times["managers"], times["bridges"], strict=True))
+    saved = {impl: _saved_by(built[impl][1], list(built[impl][0].parameters())) for impl in MODELS}
+    params = {impl: sum(p.numel() for p in built[impl][0].parameters()) for impl in MODELS}
+    rows = ["| whole base model, 288 px | parameters | step s (median) | time vs bridges | saved MB | vs bridges |",
+            "|---|---|---|---|---|---|"]
+    for impl in MODELS:
+        med = statistics.median(times[impl])
+        rows.append(f"| {MODELS[impl]} | {params[impl] / 1e6:.1f}M | {med:.2f} | "
+                    f"{ratio if impl == 'managers' else 1.0:.2f}x | {saved[impl] / 2**20:.0f} | "
+                    f"{saved[impl] / saved['bridges']:.2f}x |")
+    table = "\n".join(rows)
+    benchmark.extra_info.update(cpu_times=times, median_ratio=ratio, saved_bytes=saved, parameters=params,
+                                table=table)
+    print("\n" + table)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--memory-child"]:

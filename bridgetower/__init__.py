@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+# The one source of the version: pyproject.toml reads it (``[tool.setuptools.dynamic]``), the
+# ``bridgetower --version`` command prints it; CHANGELOG.md says what each release changed.
+__version__ = "0.2.0.dev0"
 
 # public name -> submodule that defines it (imported lazily by __getattr__)
 _LAZY: dict[str, str] = {

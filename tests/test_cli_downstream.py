@@ -77,8 +77,10 @@ def test_finetune_from_scratch_with_the_official_recipe(tmp_path, capsys):
     # the published SNLI-VE values, except the flags given
     assert (recipe["lr"], recipe["weight_decay"], recipe["warmup"], recipe["cross_modal_lr_mult"]) == (3e-6, 0.01, 0.06, 5)
     assert (recipe["head_lr_mult"], recipe["batch_size"], recipe["steps"], recipe["image_size"]) == (7, 4, 2, 64)
-    # a second run into the same directory replaces the first one's records
-    assert main(["finetune", "snli-ve", "--output-dir", str(out), *_SHORT]) == 0
+    # a second run into the same directory is refused; with --overwrite it replaces the first one's records
+    assert main(["finetune", "snli-ve", "--output-dir", str(out), *_SHORT]) == 2
+    assert "holds a previous run" in capsys.readouterr().err
+    assert main(["finetune", "snli-ve", "--output-dir", str(out), *_SHORT, "--overwrite"]) == 0
     assert [r["step"] for r in _records(out) if r["split"] == "train"] == [1, 2]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,8 +33,10 @@ __all__ = [
     "beta",
     "check_paths",
     "choose_device",
+    "driver_errors",
     "find_model_dir",
     "fmt",
+    "format_skips",
     "load_checkpoint_model",
     "non_negative_float",
     "non_negative_int",
@@ -215,8 +218,27 @@ def load_checkpoint_model(model_dir: Path, flag: str = "--checkpoint") -> tuple[
         raise CLIError(f"{flag}: no tokenizer saved next to the model in {model_dir}")
     try:
         return load_saved_model(model_dir), tokenizer
-    except ValueError as e:
-        raise CLIError(f"{flag}: {e}") from None
+    except (ValueError, OSError, pickle.UnpicklingError) as e:  # a refused pickle too: one line
+        raise CLIError(f"{flag}: {model_dir}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """What a driver raises that the command line prints as one line: bad arguments,
+    unusable checkpoints, unreadable data, a full disk."""
+    from ..training.checkpoint import CheckpointError
+    from ..training.trainer import UnreadableDataError
+
+    return (ValueError, OSError, pickle.UnpicklingError, CheckpointError, UnreadableDataError)
+
+
+def format_skips(summary: dict[str, Any]) -> str:
+    """One line: the samples a run skipped, per reason (``summary["skipped"]``)."""
+    counts = {k: v for k, v in (summary.get("skipped") or {}).items() if v}
+    text = (f"skipped {sum(counts.values())} samples: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+            if counts else "no samples skipped")
+    if summary.get("skipped_batches"):
+        text += f" ({summary['skipped_batches']} batch(es) without a usable sample drawn again)"
+    return text
 
 
 def raise_for_driver(error: Exception, flags: dict[str, str] | None = None) -> NoReturn:

@@ -21,7 +21,9 @@ from .common import (
     add_recipe_flags,
     check_paths,
     choose_device,
+    driver_errors,
     find_model_dir,
+    format_skips,
     non_negative_int,
     positive_int,
     raise_for_driver,
@@ -57,7 +59,9 @@ base-model recipe (scripts/ftfpt_base_*.sh of the official repository) with it; 
 picks one explicitly and any flag overrides its value.
 
 Output (--output-dir): checkpoints/, model/ (weights + tokenizer), metrics.jsonl and .csv
-(train and held-out records), run_config.json, finetune_summary.json.
+(train and held-out records), run_config.json, finetune_summary.json (with the samples skipped
+per reason). A previous run there is kept: --resume continues it with its own settings (a flag
+given again must agree), --overwrite replaces it (only the files bridgetower wrote go).
 
 Examples:
   bridgetower pretrain                                        # the demo: runs/demo
@@ -92,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--pretrained", default=None, metavar="DIR",
                    help="start from this checkpoint (run dir, model dir, HF dir or official .ckpt); "
                    "default: none, i.e. train from scratch")
-    g.add_argument("--model", default="bridgetower-tiny", metavar="NAME",
+    g.add_argument("--model", default=None, metavar="NAME",
                    help="configuration to train from scratch when --pretrained is not given (default: bridgetower-tiny)")
     g.add_argument("--train-data", nargs="+", default=None, metavar="PATH",
                    help="official pyarrow table(s) to train on (default: the bundled synthetic scenes)")
@@ -105,12 +109,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="vqa with tables: size of the answer vocabulary the labels index (default: 3129)")
     g.add_argument("--output-dir", default=None, metavar="DIR",
                    help=f"where the run goes (default: {FINETUNE_OUTPUT_DIR.format(task='TASK')})")
-    g.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest checkpoint")
-    g.add_argument("--seed", type=non_negative_int, default=0, help="seed of the init, data order and synthetic training stream (default: 0)")
-    g.add_argument("--train-size", type=positive_int, default=100_000,
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its newest usable checkpoint, with the run's settings")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run in --output-dir (only the files bridgetower wrote are removed)")
+    g.add_argument("--seed", type=non_negative_int, default=None, help="seed of the init, data order and synthetic training stream (default: 0)")
+    g.add_argument("--train-size", type=positive_int, default=None,
                    help="synthetic data: items in the training stream (an epoch; default: 100000)")
-    g.add_argument("--eval-size", type=positive_int, default=512, help="synthetic data: held-out items (default: 512)")
-    g.add_argument("--retrieval-eval-size", type=non_negative_int, default=64,
+    g.add_argument("--eval-size", type=positive_int, default=None, help="synthetic data: held-out items (default: 512)")
+    g.add_argument("--retrieval-eval-size", type=non_negative_int, default=None,
                    help="irtr on synthetic data: held-out scenes for recall@k (0 = skip; default: 64)")
 
     k = p.add_argument_group("recipe (defaults per task; any flag overrides)")
@@ -120,12 +127,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     r = p.add_argument_group("run")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    r.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="fp32; bf16 autocast; fp16 autocast with loss scaling (GPU only) (default: fp32)")
-    r.add_argument("--log-every", type=positive_int, default=25, help="log the averaged training metrics every N steps (default: 25)")
-    r.add_argument("--eval-every", type=non_negative_int, default=0,
+    r.add_argument("--log-every", type=positive_int, default=None, help="log the averaged training metrics every N steps (default: 25)")
+    r.add_argument("--eval-every", type=non_negative_int, default=None,
                    help="held-out evaluation every N steps (0 = before and after only; default: 0)")
-    r.add_argument("--checkpoint-every", type=non_negative_int, default=0,
+    r.add_argument("--checkpoint-every", type=non_negative_int, default=None,
                    help="write a checkpoint every N steps (0 = only at the end; default: 0)")
     r.add_argument("--progress", choices=tuple(PROGRESS), default="auto",
                    help="progress bar: auto = only on a terminal (default: auto)")
@@ -135,7 +142,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _recipe(args: argparse.Namespace, task: str, synthetic: bool) -> FinetuneRecipe:
+def _recipe(args: argparse.Namespace, task: str, synthetic: bool, out_dir: Path) -> FinetuneRecipe | None:
+    """The recipe of a new run (``--recipe``'s defaults with the flags given); with
+    ``--resume``, ``None`` (the run's) or, with knob flags, the run's recipe with them (the
+    driver refuses those that differ)."""
+    from ..training.finetune import run_finetune_recipe
+
+    started = run_finetune_recipe(out_dir) if args.resume else None
+    if started is not None and not args.recipe:  # --recipe NAME again: its values must be the run's
+        overrides = recipe_overrides(args, FinetuneRecipe)
+        return started.replace(**overrides) if overrides else None
     name = args.recipe or ("synthetic" if synthetic else "official")
     recipe = (SYNTHETIC_RECIPES if name == "synthetic" else OFFICIAL_RECIPES)[task]
     recipe = recipe.replace(**recipe_overrides(args, FinetuneRecipe))
@@ -158,18 +174,19 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--val-data needs --train-data (the synthetic sets bring their own held-out split)")
     check_paths("--train-data", args.train_data)
     check_paths("--val-data", args.val_data)
-    recipe = _recipe(args, spec.name, synthetic)
+    out_dir = Path(args.output_dir or FINETUNE_OUTPUT_DIR.format(task=spec.name))
+    recipe = _recipe(args, spec.name, synthetic, out_dir)
     if args.pretrained is not None:
         p = Path(args.pretrained)
         check_paths("--pretrained", [args.pretrained])
         if p.is_dir() and not any(p.glob("*.ckpt")):
             find_model_dir(p, "--pretrained")
-    else:
-        logger.warning("no --pretrained: training %s from scratch (random initialisation)", args.model)
+    elif not args.resume:
+        logger.warning("no --pretrained: training %s from scratch (random initialisation)",
+                       args.model or "bridgetower-tiny")
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
         raise CLIError(f"--tokenizer: {args.tokenizer!r} is not a directory")
     device = choose_device(args.device, default_cuda=True, precision=args.precision)
-    out_dir = Path(args.output_dir or FINETUNE_OUTPUT_DIR.format(task=spec.name))
     try:
         summary = finetune(
             spec.name, out_dir, pretrained=args.pretrained, model=args.model, recipe=recipe,
@@ -177,15 +194,16 @@ def run(args: argparse.Namespace) -> int:
             num_answers=args.num_answers, train_size=args.train_size, eval_size=args.eval_size,
             retrieval_eval_size=args.retrieval_eval_size, seed=args.seed, device=device,
             precision=args.precision, log_every=args.log_every, eval_every=args.eval_every,
-            checkpoint_every=args.checkpoint_every, resume=args.resume, progress=PROGRESS[args.progress],
-            trackers=args.tracker,
+            checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+            progress=PROGRESS[args.progress], trackers=args.tracker,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except driver_errors() as e:
         raise_for_driver(e, {"trackers": "--tracker"})
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     print(summary_table(summary))
+    print(format_skips(summary))
     print(f"model: {summary['model_dir']}   metrics: {out_dir / 'metrics.jsonl'}")
     return 0
 

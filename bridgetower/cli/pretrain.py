@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..training.pretrain import DEMO_OUTPUT_DIR, PRETRAIN_OUTPUT_DIR
@@ -18,7 +19,9 @@ from .common import (
     CLIError,
     add_recipe_flags,
     choose_device,
+    driver_errors,
     fmt,
+    format_skips,
     non_negative_int,
     positive_int,
     raise_for_driver,
@@ -43,6 +46,10 @@ The two recipes:
             5x lr on the cross-modal part and the heads, MLM 0.15, text length 50,
             MLM + ITM, global batch 4096 = --batch-size 64 x --grad-accum 64, 100k steps).
 Any flag given overrides the recipe's value.
+
+An output directory holding a previous run is kept: --resume continues it (with the run's own
+settings: a flag given again must agree), --overwrite replaces it (only the files bridgetower
+wrote are removed, each one named).
 
 Examples:
   bridgetower pretrain                                  # the bundled demo
@@ -70,31 +77,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data, model and output")
-    g.add_argument("--model", default="bridgetower-tiny", metavar="NAME|JSON",
+    g.add_argument("--model", default=None, metavar="NAME|JSON",
                    help="a configuration name (bridgetower-tiny, -base, -large) or a JSON config file "
                    "(default: bridgetower-tiny; the vocabulary size follows the tokenizer)")
     g.add_argument("--data", default=None, metavar="PATH",
                    help="image-caption data: a folder with one JSONL/CSV index (image paths relative to "
                    "it), an index file, WebDataset .tar shards (a file, a folder of them, or a brace "
                    "pattern 'shard-{000..009}.tar'). Default: the bundled synthetic scenes (demo)")
+    g.add_argument("--allow-remote-data", action="store_true",
+                   help="allow --data to name pipe: commands and http(s):// shard URLs (they run shell commands "
+                   "or reach the network; refused without this flag)")
     g.add_argument("--tokenizer", default=None, metavar="DIR",
                    help="a transformers tokenizer directory (default: a word-level tokenizer built "
                    "offline from the caption words)")
     g.add_argument("--output-dir", default=None, metavar="DIR",
                    help=f"where checkpoints, metrics and the plot go (default: {DEMO_OUTPUT_DIR} for the "
-                   f"demo, {PRETRAIN_OUTPUT_DIR} otherwise). An existing run there is replaced unless "
-                   "--resume is given")
+                   f"demo, {PRETRAIN_OUTPUT_DIR} otherwise). A previous run there is kept: pass --resume "
+                   "to continue it or --overwrite to replace it")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run in --output-dir (only the files bridgetower wrote are removed, "
+                   "after every other flag has been checked)")
     g.add_argument("--recipe", choices=sorted(PRETRAIN_RECIPES), default=None,
                    help="which defaults the knobs below take (default: demo without --data, official with it)")
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the newest checkpoint in the output dir (or the given "
-                   "checkpoint directory), exactly where it stopped")
-    g.add_argument("--seed", type=non_negative_int, default=0, help="seed of the model init, data order and masking (default: 0)")
+                   help="continue from the newest usable checkpoint in the output dir (or the given "
+                   "checkpoint directory), exactly where it stopped, with the run's settings")
+    g.add_argument("--seed", type=non_negative_int, default=None, help="seed of the model init, data order and masking (default: 0)")
 
     add_recipe_flags(p.add_argument_group("recipe knobs (defaults: official / demo)"), PretrainRecipe, _defaults)
 
     r = p.add_argument_group("run")
-    r.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    r.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="fp32; bf16 autocast (CPU or GPU); fp16 autocast with loss scaling (GPU only) (default: fp32)")
     r.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass (less memory)")
     r.add_argument("--release-freed-memory", action="store_true",
@@ -102,8 +115,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "~20%% more CPU time; see bridgetower.training.cpu_memory)")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument("--keep-checkpoints", type=non_negative_int, default=2, help="newest checkpoints kept (0 = all; default: 2)")
-    r.add_argument("--eval-size", type=positive_int, default=256, help="held-out scenes per demo measurement (even; default: 256)")
-    r.add_argument("--num-scenes", type=positive_int, default=1_000_000,
+    r.add_argument("--eval-size", type=positive_int, default=None, help="held-out scenes per demo measurement (even; default: 256)")
+    r.add_argument("--num-scenes", type=positive_int, default=None,
                    help="size of the synthetic training stream (an epoch; default: 1000000)")
     r.add_argument("--progress", choices=tuple(PROGRESS), default="auto",
                    help="progress bar: auto = only on a terminal (default: auto)")
@@ -116,11 +129,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def resolve_recipe(args: argparse.Namespace) -> PretrainRecipe:
+def _output_dir(args: argparse.Namespace) -> Path:
+    return Path(args.output_dir or (PRETRAIN_OUTPUT_DIR if args.data else DEMO_OUTPUT_DIR))
+
+
+def resolve_recipe(args: argparse.Namespace) -> PretrainRecipe | None:
     """The recipe ``--recipe`` names (default: demo without ``--data``, official with it) with
-    the knob flags given; a ``CLIError`` for values the flags' types alone cannot rule out."""
-    recipe = PRETRAIN_RECIPES[args.recipe or ("official" if args.data else "demo")]
+    the knob flags given; a ``CLIError`` for values the flags' types alone cannot rule out.
+    With ``--resume``: ``None`` (the run's recipe) unless knob flags are given, then the
+    run's recipe with them (the driver refuses those that differ)."""
+    from ..training.pretrain import run_recipe
+
     overrides = recipe_overrides(args, PretrainRecipe)
+    started = run_recipe(_output_dir(args)) if args.resume else None
+    if started is not None:
+        if args.recipe and args.recipe != started.name:
+            raise CLIError(f"--recipe: the run was started with the {started.name!r} recipe, not {args.recipe!r}")
+        return started.replace(**overrides) if overrides else None
+    recipe = PRETRAIN_RECIPES[args.recipe or ("official" if args.data else "demo")]
     r = recipe.replace(**overrides)
     b1, b2 = r.betas
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
@@ -137,7 +163,7 @@ def resolve_recipe(args: argparse.Namespace) -> PretrainRecipe:
         if "warmup" in overrides:
             raise CLIError(f"--warmup {r.warmup} steps exceeds --steps {r.steps}")
         r = r.replace(warmup=r.steps // 10)  # a short run: the default warm-up shrinks to 10%
-    if args.eval_size % 2:
+    if args.eval_size is not None and args.eval_size % 2:
         raise CLIError(f"--eval-size must be even (half matching pairs), got {args.eval_size}")
     return r
 
@@ -162,13 +188,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = pretrain(
                 args.output_dir, recipe=recipe, model=args.model, data=args.data, tokenizer=args.tokenizer,
-                resume=args.resume, seed=args.seed, precision=args.precision,
+                resume=args.resume, overwrite=args.overwrite, allow_remote_data=args.allow_remote_data,
+                seed=args.seed, precision=args.precision,
                 gradient_checkpointing=args.gradient_checkpointing, device=device,
                 keep_checkpoints=args.keep_checkpoints, eval_size=args.eval_size, num_scenes=args.num_scenes,
                 progress=PROGRESS[args.progress], trackers=args.tracker, ctx=ctx, strategy=strategy,
             )
-        except ValueError as e:
-            raise_for_driver(e, {"trackers": "--tracker"})
+        except driver_errors() as e:
+            raise_for_driver(e, {"trackers": "--tracker", "allow_remote_data": "--allow-remote-data"})
     finally:
         if ctx is not None:
             ctx.shutdown()
@@ -178,8 +205,8 @@ def run(args: argparse.Namespace) -> int:
 def _report(result: dict[str, Any], *, demo: bool) -> int:
     out_dir = result["output_dir"]
     if result["interrupted"]:
-        print(f"\ninterrupted at step {result['steps']}; continue with: bridgetower pretrain "
-              f"--output-dir {out_dir} --resume", file=sys.stderr)
+        print(f"\ninterrupted at step {result['steps']} ({format_skips(result)}); continue with: "
+              f"bridgetower pretrain --output-dir {out_dir} --resume", file=sys.stderr)
         return 130
     if not result["main_process"]:
         return 0
@@ -190,6 +217,7 @@ def _report(result: dict[str, Any], *, demo: bool) -> int:
     steps, train_s = result["steps"], result["train_seconds"]
     print(f"{steps} steps in {train_s:.0f} s ({steps / max(train_s, 1e-9):.2f} steps/s); "
           f"{result['total_seconds']:.0f} s in all")
+    print(format_skips(result))
     print(f"checkpoint: {out_dir}/model   metrics: {out_dir}/metrics.jsonl (+ .csv)   "
           f"plot: {out_dir}/training_curves.png")
     if demo:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from pathlib import Path
 
 from ..training.pretrain import DEMO_OUTPUT_DIR
@@ -52,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--checkpoint: a {type(model).__name__} has no ITM head to score with")
     model.to(choose_device(args.device, default_cuda=False))
     pixel_values = ImageTransform(model.config.vision.image_size)(image)
-    rows = score_texts(model, tokenizer, pixel_values, list(args.texts))
+    with warnings.catch_warnings(record=True) as caught:  # the processor's unknown-token warning: one line
+        warnings.simplefilter("always", UserWarning)
+        rows = score_texts(model, tokenizer, pixel_values, list(args.texts))
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"bridgetower score: warning: {w.message}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"text": t, "match_probability": p, "match_logit": lg} for t, p, lg in rows], indent=1))
     else:

@@ -78,14 +78,10 @@ _FILE_MAGIC = b"ARROW1"
 
 def require_pyarrow():
     """The ``pyarrow`` module; an ``ImportError`` saying how to install it when it is missing."""
-    try:
-        import pyarrow as pa
-        import pyarrow.ipc  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            "reading or writing the official pyarrow tables needs the 'pyarrow' package: "
-            "pip install pyarrow"
-        ) from e
+    from .._optional import require
+
+    pa = require("pyarrow", "arrow", needed_for="reading or writing the official pyarrow tables")
+    require("pyarrow.ipc", "arrow", needed_for="reading or writing the official pyarrow tables")
     return pa
 
 

@@ -6,7 +6,7 @@
   (colour, shape, position), half matching and half not.
 - :class:`ImageTextDataset`: a folder of images with a JSONL or CSV index of
   ``(image, caption)`` records.
-- :class:`WebDatasetPairs`: WebDataset tar shards (``webdataset`` library) for data that does
+- :class:`WebDatasetPairs`: WebDataset tar shards (local ones read without the ``webdataset`` library), for data that
   not fit one disk; shards are split across ranks and ``DataLoader`` workers.
 
 A sample is a dict: ``pixel_values`` (``(3, H, W)`` float, when a ``transform`` is given) or
@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from .scenes import SceneConfig, alter_scene, make_scene
 from .sharding import WorkerShard, check_rank_world, current_shard
+from .shards import check_shard_urls, iter_shard, shuffle_buffer
 from .stats import Skipped, SkipStats
 
 __all__ = [
@@ -247,6 +249,15 @@ class SceneITMEvalDataset(SyntheticSceneDataset):
 # folder + JSONL / CSV index
 
 
+#: A character that decoding with ``errors="surrogateescape"`` made of a byte that is not UTF-8.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(where: str, bad: list[str]) -> Skipped:
+    bad.append(where)
+    return Skipped("bad_record", f"{where} (not valid UTF-8)")
+
+
 def _caption_list(value: Any, where: str) -> list[str | None]:
     if value is None or isinstance(value, str):
         return [value]
@@ -263,13 +274,16 @@ def read_index(
     image_key: str = "image",
     caption_key: str = "caption",
     format: str | None = None,
-) -> list[tuple[str, str | None]]:
+) -> list[tuple[str, str | None | Skipped]]:
     """Read ``(image, caption)`` records from a JSONL or CSV/TSV index.
 
     ``format`` is ``"jsonl"``, ``"csv"`` or ``"tsv"`` (default: from the file suffix;
     ``.json`` and ``.jsonl`` are JSON lines). In JSONL a caption may also be a list of strings
     (several captions of one image: one record each). A missing caption stays ``None`` (the
-    dataset skips and counts it); a record without an image, or a malformed line, is an error.
+    dataset skips and counts it as ``empty_caption``); a caption or image path that is not
+    valid UTF-8 becomes a :class:`~bridgetower.data.Skipped` ``bad_record`` naming the file
+    and line (the dataset counts it; one warning lists the lines). A record without an image,
+    or a malformed line, is a ``ValueError`` naming the file, the line and the problem.
     """
     path = Path(path)
     if not path.is_file():
@@ -290,9 +304,12 @@ def read_index(
             )
     if format not in ("jsonl", "csv", "tsv"):
         raise ValueError(f"format must be 'jsonl', 'csv' or 'tsv', got {format!r}")
-    records: list[tuple[str, str | None]] = []
+    records: list[tuple[str, str | None | Skipped]] = []
+    bad: list[str] = []  # where a text is not UTF-8
     if format == "jsonl":
-        with open(path, encoding="utf-8") as f:
+        # bytes that are not UTF-8 become lone surrogates: the line still parses, and the
+        # fields holding them are found below
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -311,21 +328,32 @@ def read_index(
                         f"{where}: no image path under the key {image_key!r} (keys: {sorted(obj)})"
                     )
                 for cap in _caption_list(obj.get(caption_key), where):
-                    records.append((image, cap))
+                    if _NOT_UTF8.search(image) or (cap is not None and _NOT_UTF8.search(cap)):
+                        records.append((image, _not_utf8(where, bad)))
+                    else:
+                        records.append((image, cap))
     else:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             reader = csv.DictReader(f, delimiter="," if format == "csv" else "\t")
             columns = reader.fieldnames or []
             missing = [k for k in (image_key, caption_key) if k not in columns]
             if missing:
                 raise ValueError(f"{path}: the header has no column {missing} (columns: {columns})")
-            for lineno, row in enumerate(reader, 2):
+            for row in reader:
+                lineno = reader.line_num  # the row's last line
                 image = row.get(image_key)
                 if not image:
                     raise ValueError(f"{path}:{lineno}: empty {image_key!r} column")
-                records.append((image, row.get(caption_key)))
+                caption = row.get(caption_key)
+                if _NOT_UTF8.search(image) or (caption is not None and _NOT_UTF8.search(caption)):
+                    records.append((image, _not_utf8(f"{path}:{lineno}", bad)))
+                else:
+                    records.append((image, caption))
     if not records:
         raise ValueError(f"index file {str(path)!r} has no records")
+    if bad:
+        shown = ", ".join(w.rsplit(":", 1)[1] for w in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        logger.warning("%s: %d record(s) are not valid UTF-8 and are skipped (line %s)", path, len(bad), shown)
     return records
 
 
@@ -365,6 +393,8 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
         image_rel, caption = self.records[index]
+        if isinstance(caption, Skipped):  # a record the index reader could not use
+            return self.stats.add(caption.reason, caption.source)
         path = self.root / image_rel
         if caption is None or not caption.strip():
             return self.stats.add("empty_caption", str(path))
@@ -388,8 +418,9 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     """Shard URLs: brace patterns expanded (``shard-{000..009}.tar``), ``::`` separating
     several patterns; a list of strings is taken as it is."""
     if isinstance(urls, (str, os.PathLike)):
-        from braceexpand import braceexpand
+        from .._optional import require
 
+        braceexpand = require("braceexpand", "webdataset", needed_for="expanding shard URL patterns").braceexpand
         out = []
         for part in str(urls).split("::"):
             out.extend(braceexpand(part))
@@ -414,6 +445,12 @@ class WebDatasetPairs(IterableDataset):
     ``caption_keys`` (a ``.json`` entry is read through ``json_caption_key``). Bad samples are
     skipped and counted (``self.stats`` in the process that iterates; the collator carries
     the counts to the training process), and the counts of each pass are logged at its end.
+    Every sample a broken shard loses is one marker: a missing shard counts one
+    ``missing_file``, a truncated shard one ``bad_record`` for the sample the break cuts
+    (:mod:`bridgetower.data.shards`).
+
+    ``pipe:`` and remote (``http(s)://`` ...) URLs run shell commands or reach the network:
+    they are refused unless ``allow_remote=True``.
     """
 
     def __init__(
@@ -431,10 +468,12 @@ class WebDatasetPairs(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        allow_remote: bool = False,
     ) -> None:
         self.urls = expand_urls(urls)
         if not self.urls:
             raise ValueError("no shard urls given")
+        check_shard_urls(self.urls, allow_remote=allow_remote)
         if not image_keys or not caption_keys:
             raise ValueError("image_keys and caption_keys must be non-empty")
         self.image_keys = tuple(k.lower().lstrip(".") for k in image_keys)
@@ -465,11 +504,9 @@ class WebDatasetPairs(IterableDataset):
             random.Random(self.seed + self.epoch).shuffle(shards)
         return WorkerShard(rank, world_size, worker, num_workers).take(shards)
 
-    def _handler(self, exn: Exception) -> bool:
-        # Called by webdataset on a broken stream or tar member: count and go on.
-        reason = "missing_file" if isinstance(exn, FileNotFoundError) else "bad_record"
-        self.stats.add(reason, f"{type(exn).__name__}: {exn}"[:200])
-        return True
+    def _complete(self, raw: dict[str, Any]) -> bool:
+        """Whether a raw shard sample has an image and a caption entry."""
+        return any(k in raw for k in self.image_keys) and any(k in raw for k in self.caption_keys)
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any] | Skipped:
         key = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
@@ -495,29 +532,20 @@ class WebDatasetPairs(IterableDataset):
         return self.encoder.encode(image, text.strip(), image_id=key)
 
     def __iter__(self) -> Iterator[dict[str, Any] | Skipped]:
-        import webdataset as wds
-
         me = current_shard(self.rank, self.world_size)
         shards = self.shards_for(me.rank, me.world_size, me.worker, me.num_workers)
         if not shards:
             logger.warning("%s has no shard (%d shards)", me, len(self.urls))
             return
         before = self.stats.as_dict()
-        pipeline = wds.WebDataset(
-            shards,
-            handler=self._handler,
-            shardshuffle=False,
-            nodesplitter=None,
-            workersplitter=None,
-            empty_check=False,
+        items: Iterator[Any] = (
+            item for url in shards for item in iter_shard(url, self.stats.add, complete=self._complete)
         )
         if self.shuffle_buffer:
-            pipeline = pipeline.shuffle(
-                self.shuffle_buffer,
-                rng=random.Random(hash((self.seed, self.epoch, me.rank, me.worker))),
-            )
-        for raw in pipeline:
-            yield self._decode(raw)
+            rng = random.Random(hash((self.seed, self.epoch, me.rank, me.worker)))
+            items = shuffle_buffer(items, self.shuffle_buffer, rng)
+        for item in items:
+            yield item if isinstance(item, Skipped) else self._decode(item)
         self.stats.since(before).report(logger, self.epoch)
 
     def __repr__(self) -> str:

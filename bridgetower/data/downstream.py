@@ -71,7 +71,7 @@ from .scenes import (
     sample_scene,
     scene_vocabulary,
 )
-from .stats import Skipped, SkipStats
+from .stats import SKIP_REASONS, Skipped, SkipStats
 
 __all__ = [
     "VQA_ANSWERS",
@@ -424,8 +424,10 @@ class IRTRCollator:
     ``1 + K`` id tensors, the true text first, and ``pixel_values``):
 
     ``input_ids``/``attention_mask`` ``(B, 1 + K, L)`` long (padded with ``pad_token_id``),
-    ``pixel_values`` ``(B, 3, H, W)``, ``image_ids`` ``(B,)``.  Every sample must have the same
-    ``K``; skipped samples (:class:`~bridgetower.data.Skipped` / ``None``) are dropped.
+    ``pixel_values`` ``(B, 3, H, W)``, ``image_ids`` ``(B,)``, ``skipped`` (per reason of
+    ``SKIP_REASONS``).  Every sample must have the same ``K``; skipped samples
+    (:class:`~bridgetower.data.Skipped` / ``None``) are dropped and counted; when every sample
+    was skipped the batch holds only ``skipped``.
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -436,8 +438,12 @@ class IRTRCollator:
         bad = [type(s).__name__ for s in samples if not isinstance(s, (Mapping, Skipped, type(None)))]
         if bad:
             raise TypeError(f"IRTRCollator: samples must be dicts, got {bad}")
+        skipped = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
+        for s in samples:
+            if not isinstance(s, Mapping):
+                skipped[SKIP_REASONS.index(s.reason if isinstance(s, Skipped) else "bad_record")] += 1
         if not kept:
-            raise ValueError("IRTRCollator: every sample of the batch was skipped")
+            return {"skipped": skipped}
         groups = [s["input_ids"] for s in kept]
         sizes = {len(g) for g in groups}
         if len(sizes) != 1 or min(sizes) < 2:
@@ -456,6 +462,7 @@ class IRTRCollator:
             "attention_mask": mask,
             "pixel_values": pixel_values,
             "image_ids": torch.arange(len(kept)),
+            "skipped": skipped,
         }
 
     def __repr__(self) -> str:

@@ -41,11 +41,15 @@ off).  Gradient checkpointing restores the RNG state, so the recomputation draws
 **Computation.**  The statistics of the ``N`` LayerNorms depend only on ``H``, so
 :class:`ManagerFusion` standardises each stream's stack once (:func:`standardize_layers`, one
 ``F.layer_norm`` without affine, shared by every manager of the stream) and each manager
-applies its own affines and weights (``forward(..., standardized=True)``).  Static weights
-fold into the affines -- ``out = sum_j (w_j g_j) * Hhat_j + sum_j w_j b_j`` -- so inference
-needs no (B, N, L, D) temporary.  The fused ``bridge_norm`` kernel (``LN(a*x + b*z)``) does not
-fit: a manager normalises each input *before* its weighted sum, never after it.  The
-cross-stream attention runs on :func:`bridgetower.kernels.attention` (one head of width D).
+applies its own affines and weights (``forward(..., standardized=True)``); static weights fold
+into the affines: ``out = sum_j (w_j g_j) * Hhat_j + sum_j w_j b_j``.  In training the noise,
+softmax and weighted sum are recomputed in the backward (as the nodes of
+``kernels/fused_mlp.py`` recompute theirs), so autograd keeps the shared stack and the scores,
+not three (B, N, L, D) tensors per manager.  The fused ``bridge_norm`` kernel
+(``LN(a*x + b*z)``) does not fit: a manager normalises each input *before* its weighted sum,
+never after it; nor does ``layer_norm_linear`` (it spares a LayerNorm output that is not
+needed later, but ``C`` and ``E`` are needed themselves).  The cross-stream attention runs on
+:func:`bridgetower.kernels.attention` (one head of width D).
 :func:`manager_ref` is the literal formula, the reference of the tests.
 """
 
@@ -211,20 +215,25 @@ class Manager(nn.Module):
         return scores + torch.randn_like(hat) * (1.0 / self.num_layers)
 
     def _weighted_sum(self, hat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``sum_j w_j * (hat_j * g_j + b_j)``: hat (B, N, L, D), w broadcastable to it."""
+        """``sum_j w_j * (hat_j * g_j + b_j)`` (B, L, D): hat (B, N, L, D), w broadcastable to it.
+        Whole-stack ops: the backward of a loop's ``hat[:, j]`` fills a (B, N, L, D) zero per j."""
         gamma, beta = self._affines()  # (N, D)
         if w.shape[0] == 1 and w.shape[2] == 1:  # static: fold the weights into the affines
             w = w[0, :, 0]  # (N, D) or (N, 1)
-            out = (w * beta).sum(0)  # (D,)
-            coef = w * gamma  # (N, D)
-            for j in range(self.num_layers):
-                out = torch.addcmul(out, hat[:, j], coef[j])
-            return out  # (B, L, D)
-        out = None
-        for j in range(self.num_layers):
-            term = w[:, j] * torch.addcmul(beta[j], hat[:, j], gamma[j])  # (B, L, D)
-            out = term if out is None else out + term
-        return out
+            return (hat * (w * gamma)[:, None]).sum(1) + (w * beta).sum(0)
+        return (w * torch.addcmul(beta[:, None], hat, gamma[:, None])).sum(1)
+
+    def _routed_sum(self, hat: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``sum_j softmax_j((scores + noise) / tau)_j * (hat_j * g_j + b_j)``, scores broadcastable
+        to hat; with gradients on, recomputed in the backward (the same noise: RNG state restored)."""
+
+        def routed(hat: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            return self._weighted_sum(hat, torch.softmax(self._noisy(scores, hat) / self.temperature, dim=1))
+
+        if torch.is_grad_enabled():
+            return checkpoint(routed, hat, scores, use_reentrant=False,
+                              preserve_rng_state=self.training and self.noise)
+        return routed(hat, scores)
 
     def _check(self, layers, prev, prev_other, standardized) -> torch.Tensor:
         who = type(self).__name__
@@ -294,8 +303,7 @@ class StaticManager(Manager):
         return {"weights": torch.softmax(self.scores / self.temperature, dim=0)}
 
     def _aggregate(self, hat, prev, prev_other):
-        scores = self._noisy(self.scores[None, :, None, :], hat)  # (1|B, N, 1|L, w|D)
-        out = self._weighted_sum(hat, torch.softmax(scores / self.temperature, dim=1))
+        out = self._routed_sum(hat, self.scores[None, :, None, :])  # scores (1, N, 1, w)
         if self.previous:
             out = out + self.prev_scale * self.prev_norm(prev)
         return out
@@ -359,8 +367,7 @@ class AdaptiveManager(Manager):
     def _aggregate(self, hat, prev, prev_other):
         c = self.prev_norm(prev)  # (B, L, D)
         g = self._controller_logits(c, prev_other).transpose(1, 2)[..., None]  # (B, N, L, 1)
-        w = torch.softmax(self._noisy(g, hat) / self.temperature, dim=1)
-        return self._weighted_sum(hat, w) + self.prev_scale * c
+        return self._routed_sum(hat, g) + self.prev_scale * c
 
 
 # ---------------------------------------------------------------- registry

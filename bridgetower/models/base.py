@@ -21,6 +21,7 @@ nothing in :mod:`bridgetower.training` matches parameter names or class names:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,9 @@ class ModelConfig(BridgeTowerConfig):
       ``config.vision``);
     * run-time attributes that are not fields may be set (``transformers.Trainer`` sets
       ``config.use_cache``); ``output_hidden_states``, ``output_attentions`` and
-      ``return_dict`` set this way are the defaults of ``forward``, as in ``transformers``.
+      ``return_dict`` set this way are the defaults of ``forward``, as in ``transformers``;
+    * ``get_text_config()`` and ``to_json_string()``, which ``transformers.Trainer`` and its
+      trackers call.
     """
 
     def __eq__(self, other: object) -> bool:
@@ -140,6 +143,14 @@ class ModelConfig(BridgeTowerConfig):
     def text_config(self):
         """The text tower's config in ``transformers``' form (a snapshot)."""
         return self.text.to_transformers()
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None):
+        """:attr:`text_config` (``transformers.Trainer`` reads the special-token ids there)."""
+        return self.text_config
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as JSON (``to_dict()``; ``transformers``' trackers log it)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @property
     def vision_config(self):
@@ -258,18 +269,50 @@ class BridgeTowerPreTrainedModel(nn.Module):
             and not (exclude_embeddings and own == "weight" and isinstance(owner, nn.Embedding))
         )
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """``transformers``' name for :meth:`set_gradient_checkpointing` ``(True)``."""
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """``transformers``' name (5.x; what ``transformers.Trainer`` calls) for
+        :meth:`set_gradient_checkpointing` ``(True)``: every tower block and cross layer is
+        recomputed in the backward pass, always with the non-reentrant
+        ``torch.utils.checkpoint``.  Only what that means is accepted: ``every_n_layers=1``,
+        ``offload=False`` and ``activation_checkpointing_kwargs`` of at most
+        ``{"use_reentrant": False}``; anything else raises ``ValueError``."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False) is not False or kwargs:
+            raise ValueError(
+                "activation_checkpointing_kwargs: bridgetower always checkpoints with use_reentrant=False and takes "
+                f"no other option; got {activation_checkpointing_kwargs!r}"
+            )
+        if every_n_layers != 1 or offload is not False:
+            raise ValueError(
+                f"activation checkpointing: every_n_layers={every_n_layers!r}, offload={offload!r} are not supported "
+                "(bridgetower checkpoints every layer, on the device): use every_n_layers=1, offload=False"
+            )
         self.set_gradient_checkpointing(True)
 
-    def gradient_checkpointing_disable(self) -> None:
+    def activation_checkpointing_disable(self) -> None:
         """``transformers``' name for :meth:`set_gradient_checkpointing` ``(False)``."""
         self.set_gradient_checkpointing(False)
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """The older ``transformers`` name of :meth:`activation_checkpointing_enable` (``kwargs``:
+        ``every_n_layers``, ``offload``)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """The older ``transformers`` name of :meth:`activation_checkpointing_disable`."""
+        self.set_gradient_checkpointing(False)
+
     @property
-    def is_gradient_checkpointing(self) -> bool:
+    def is_activation_checkpointing(self) -> bool:
         """Whether some module recomputes its activations in the backward pass."""
         return any(getattr(m, "gradient_checkpointing", False) is True for m in self.modules())
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """The older ``transformers`` name of :attr:`is_activation_checkpointing`."""
+        return self.is_activation_checkpointing
 
     def set_gradient_checkpointing(self, enable: bool = True) -> None:  # pragma: no cover
         raise NotImplementedError

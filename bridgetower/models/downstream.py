@@ -32,6 +32,7 @@ from ..layers import (
 )
 from .base import BatchSpec
 from .config import BridgeTowerConfig
+from .model import check_pixel_values
 from .outputs import TaskOutput
 from .task_base import TaskModel, check_forward_options
 
@@ -132,6 +133,11 @@ class BridgeTowerForNLVR2(TaskModel):
         check_forward_options(options)
         if pixel_values is None:
             raise ValueError("BridgeTowerForNLVR2 needs pixel_values")
+        for name, value in (("pixel_values", pixel_values), ("pixel_values_2", pixel_values_2)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"BridgeTowerForNLVR2: {name} must be a tensor, got {type(value).__name__}")
+            if value is not None and not value.is_floating_point():
+                check_pixel_values(value)  # the same error as the other models give
         if pixel_values_2 is None:
             if pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
                 raise ValueError(
@@ -155,6 +161,11 @@ class BridgeTowerForNLVR2(TaskModel):
             )
         if (pixel_mask is None) != (pixel_mask_2 is None):
             raise ValueError("BridgeTowerForNLVR2: give a pixel mask for both images or for neither")
+        if isinstance(input_ids, torch.Tensor) and input_ids.ndim and input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"BridgeTowerForNLVR2: batch sizes differ: input_ids {tuple(input_ids.shape)} and each image "
+                f"{tuple(pixel_values.shape)}"
+            )
         if self._wants_states(options):
             # every state requested: one whole encoder pass per image
             out1 = self._encode(input_ids, attention_mask, pixel_values, pixel_mask, image_token_type_idx=1, **options)
@@ -225,6 +236,11 @@ class BridgeTowerForIRTR(TaskModel):
                 f"BridgeTowerForIRTR: input_ids must be (B, 1+K, L), got {getattr(input_ids, 'shape', input_ids)}"
             )
         b, k1, length = input_ids.shape
+        if attention_mask is not None and getattr(attention_mask, "shape", None) != input_ids.shape:
+            raise ValueError(
+                f"BridgeTowerForIRTR: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}"
+            )
         if pixel_values is None or pixel_values.shape[0] != b:
             raise ValueError(
                 f"BridgeTowerForIRTR: pixel_values must be (B={b}, 3, H, W), got "

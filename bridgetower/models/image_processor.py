@@ -31,6 +31,8 @@ arrays) have no known value range and are refused, as ``transformers`` refuses t
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 from math import ceil
 from typing import Any
@@ -40,7 +42,10 @@ import torch
 
 from .image_ops import CLIP_MEAN, CLIP_STD, pad_images
 
-__all__ = ["IMAGE_OPTIONS", "ImageProcessor", "resize_output_size"]
+__all__ = ["IMAGE_OPTIONS", "PREPROCESSOR_CONFIG", "ImageProcessor", "resize_output_size"]
+
+#: The file holding an image processor's options (``transformers``' name).
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 _RESAMPLE_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 _PIL_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -82,17 +87,31 @@ def _center_crop(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     return canvas[:, max(0, top) : min(new_h, top + crop_h), max(0, left) : min(new_w, left + crop_w)]
 
 
+def _longest_edge(name: str, shortest: Any) -> Any:
+    """The ``longest_edge`` that ``size`` / ``crop_size`` imply: the resize caps the longer side at
+    ``int(1333 / 800 * size)``; the crop is square."""
+    if name == "size" and isinstance(shortest, int):
+        return int(1333 / 800 * shortest)
+    return shortest
+
+
 def _edge(name: str, value: Any) -> Any:
-    """``size`` / ``crop_size`` as an int: an int, ``{"shortest_edge": n}`` or a square
-    ``{"height": n, "width": n}`` (``transformers``' forms)."""
+    """``size`` / ``crop_size`` as an int: an int, ``{"shortest_edge": n}`` (with a
+    ``longest_edge`` only when it is the one the resize or crop implies: ``transformers`` reads
+    ``shortest_edge`` alone) or a square ``{"height": n, "width": n}`` (``transformers``' forms)."""
     if isinstance(value, Mapping):
-        if set(value) == {"shortest_edge"}:
+        keys = set(value)
+        if keys == {"shortest_edge"} or (
+            keys == {"shortest_edge", "longest_edge"}
+            and value["longest_edge"] == _longest_edge(name, value["shortest_edge"])
+        ):
             return value["shortest_edge"]
-        if set(value) == {"height", "width"} and value["height"] == value["width"]:
+        if keys == {"height", "width"} and value["height"] == value["width"]:
             return value["height"]
+        implied = "int(1333 / 800 * n)" if name == "size" else "n (the crop is square)"
         raise ValueError(
-            f"ImageProcessor: {name} must be an int, {{'shortest_edge': int}} or a square {{'height': n, 'width': n}}, "
-            f"got {dict(value)!r}"
+            f"ImageProcessor: {name} must be an int, {{'shortest_edge': n}} (a 'longest_edge' may be given only as "
+            f"{implied}) or a square {{'height': n, 'width': n}}, got {dict(value)!r}"
         )
     return value
 
@@ -325,13 +344,37 @@ class ImageProcessor:
             "do_convert_rgb": self.do_convert_rgb,
         }
 
+    def to_json_string(self) -> str:
+        """:meth:`to_dict` as JSON (``preprocessor_config.json``'s text)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> ImageProcessor:
-        """Build from an HF ``preprocessor_config.json`` dict; unknown option keys raise."""
+    def from_dict(cls, config: Mapping[str, Any], **options: Any) -> ImageProcessor:
+        """Build from an HF ``preprocessor_config.json`` dict, ``options`` (of
+        :data:`IMAGE_OPTIONS`) overriding it, as ``transformers``' ``from_dict(d, **kwargs)``;
+        unknown option keys raise."""
         cfg = {k: v for k, v in config.items() if v is not None}
         for key in ("image_processor_type", "processor_class", "feature_extractor_type", "image_processor_backend"):
             cfg.pop(key, None)
         unknown = sorted(set(cfg) - set(IMAGE_OPTIONS))
         if unknown:
             raise ValueError(f"ImageProcessor.from_dict: unknown options {unknown}; known: {sorted(IMAGE_OPTIONS)}")
-        return cls(**cfg)
+        _check_option_names(options, "ImageProcessor.from_dict")
+        return cls(**{**cfg, **options})
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``preprocessor_config.json`` (:meth:`to_dict`, which ``transformers`` reads) into ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, PREPROCESSOR_CONFIG), "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> ImageProcessor:
+        """The image options of a checkpoint directory or Hub repository: its
+        ``processor_config.json`` / ``preprocessor_config.json``, else the image size of its model
+        ``config.json``.  ``kwargs``: the Hub keywords of
+        :meth:`~bridgetower.models.BridgeTowerProcessor.from_pretrained` and image options
+        (:data:`IMAGE_OPTIONS`) overriding the stored ones."""
+        from .processor import load_image_processor
+
+        return load_image_processor(name_or_path, **kwargs)

@@ -45,7 +45,7 @@ from .outputs import BridgeTowerOutput
 from .towers.text import TransformersTextEncoder
 from .towers.vision import OpenCLIPVisionEncoder
 
-__all__ = ["BridgeTowerModel", "patch_mask_from_pixel_mask"]
+__all__ = ["BridgeTowerModel", "check_pixel_values", "patch_mask_from_pixel_mask"]
 
 #: Top-level submodules of :class:`BridgeTowerModel` trained at the towers' learning rate
 #: (the modality token types too, as in the official recipe); the rest is cross-modal.
@@ -243,7 +243,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
     def encode_image(self, pixel_values: torch.Tensor, **kw) -> list[torch.Tensor]:
         """The ``N`` tapped vision states after ``ln_post``, each ``(B, 1 + P, H_vision)``
         (with ``output_hidden_states=True`` also every state, see the vision tower)."""
-        _check_pixels(pixel_values)
+        check_pixel_values(pixel_values)
         return self.vision_model(pixel_values, **kw)
 
     def fuse(
@@ -438,7 +438,9 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         return self.fuse(ts, vs, am, im, pooled_only=pooled_only)
 
 
-def _check_pixels(pixel_values: torch.Tensor) -> None:
+def check_pixel_values(pixel_values: torch.Tensor) -> None:
+    """``ValueError`` / ``TypeError`` unless ``pixel_values`` is a non-empty floating (B, 3, H, W)
+    tensor (uint8 images have not been through the processor)."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
         raise ValueError(
             "pixel_values must be a (B, 3, H, W) tensor, got "
@@ -454,7 +456,7 @@ def _check_pixels(pixel_values: torch.Tensor) -> None:
 
 
 def _check_pair(input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:
-    _check_pixels(pixel_values)
+    check_pixel_values(pixel_values)
     if input_ids.shape[0] != pixel_values.shape[0]:
         raise ValueError(
             f"batch sizes differ: input_ids {tuple(input_ids.shape)} and pixel_values "

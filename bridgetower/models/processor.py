@@ -22,6 +22,7 @@ image size of the model's own ``config.json``, and the text length limit from th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from typing import Any
 
 from .convert.sources import HubOptions, hub_error, hub_locator, local_locator, looks_local
 from .image_ops import CLIP_MEAN, CLIP_STD
-from .image_processor import IMAGE_OPTIONS, ImageProcessor, resize_output_size
+from .image_processor import IMAGE_OPTIONS, PREPROCESSOR_CONFIG, ImageProcessor, resize_output_size
 
 __all__ = [
     "CLIP_MEAN",
@@ -41,6 +42,7 @@ __all__ = [
     "BridgeTowerProcessor",
     "ImageProcessor",
     "check_unknown_tokens",
+    "load_image_processor",
     "resize_output_size",
 ]
 
@@ -51,7 +53,6 @@ TEXT_OPTIONS: tuple[str, ...] = (
     "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length", "verbose",
 )
 _COMMON_OPTIONS = ("return_tensors",)
-_PREPROCESSOR_CONFIG = "preprocessor_config.json"
 _PROCESSOR_CONFIG_V5 = "processor_config.json"
 # files that mark a saved tokenizer (special_tokens_map.json alone is not one)
 _TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
@@ -122,7 +123,45 @@ def _read_image_config(locate) -> dict[str, Any] | None:
     nested = _read_json(locate(_PROCESSOR_CONFIG_V5))
     if isinstance(nested, dict) and isinstance(nested.get("image_processor"), dict):
         return nested["image_processor"]
-    return _read_json(locate(_PREPROCESSOR_CONFIG))
+    return _read_json(locate(PREPROCESSOR_CONFIG))
+
+
+def _open_checkpoint(name_or_path: Any, hub: HubOptions, who: str):
+    """``(name, locate, misses)`` of a local directory or a Hub repository id."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"{who}.from_pretrained: expected a directory or a Hub id, got {type(name_or_path).__name__}")
+    name = os.fspath(name_or_path)
+    misses: list[BaseException] = []
+    if os.path.isdir(name):
+        return name, local_locator(Path(name)), misses
+    if looks_local(name) or not _HUB_ID.match(name):
+        raise ValueError(f"{who}.from_pretrained: {name!r} is neither a local directory nor a Hugging Face Hub id ('org/name')")
+    return name, hub_locator(name, hub, misses), misses
+
+
+def _image_processor_of(name: str, locate, misses: list[BaseException], image_options: Mapping[str, Any]):
+    """``(ImageProcessor, text length limit)`` of a checkpoint: the image options of
+    ``processor_config.json`` / ``preprocessor_config.json``, else the image size of the model's
+    ``config.json``; ``image_options`` override them."""
+    image_config = _read_image_config(locate)
+    meta = _read_json(locate("config.json")) or {}
+    if image_config is None and not meta and misses:  # nothing reachable: offline and not cached
+        what = f"{_PROCESSOR_CONFIG_V5} / {PREPROCESSOR_CONFIG}"
+        raise hub_error(name, what, misses[-1]) from misses[-1]
+    size, max_text_length = _model_config_facts(meta)
+    if image_config is None:
+        image_config = {"size": size} if size is not None else {}
+    image_processor = ImageProcessor.from_dict(image_config, **image_options)
+    return image_processor, max_text_length
+
+
+def load_image_processor(name_or_path: str | os.PathLike, **kwargs: Any) -> ImageProcessor:
+    """:meth:`ImageProcessor.from_pretrained`: the image options of a checkpoint, as
+    :meth:`BridgeTowerProcessor.from_pretrained` reads them (no tokenizer needed); ``kwargs``:
+    its Hub keywords, and image options overriding the stored ones."""
+    hub = HubOptions(**{k: kwargs.pop(k) for k in [f.name for f in dataclasses.fields(HubOptions)] if k in kwargs})
+    name, locate, misses = _open_checkpoint(name_or_path, hub, "ImageProcessor")
+    return _image_processor_of(name, locate, misses, kwargs)[0]
 
 
 class BridgeTowerProcessor:
@@ -175,34 +214,9 @@ class BridgeTowerProcessor:
         Raises ``ValueError`` for a local path that does not exist or a malformed name, and
         ``OSError`` naming the id when a Hub checkpoint cannot be fetched (offline, unknown).
         """
-        if not isinstance(name_or_path, (str, os.PathLike)):
-            raise TypeError(
-                "BridgeTowerProcessor.from_pretrained: expected a directory or a Hub id, got "
-                f"{type(name_or_path).__name__}"
-            )
-        name = os.fspath(name_or_path)
         hub = HubOptions(revision, cache_dir, local_files_only, token, force_download)
-        misses: list[BaseException] = []
-        if os.path.isdir(name):
-            locate = local_locator(Path(name))
-        elif looks_local(name) or not _HUB_ID.match(name):
-            raise ValueError(
-                f"BridgeTowerProcessor.from_pretrained: {name!r} is neither a local directory "
-                "nor a Hugging Face Hub id ('org/name')"
-            )
-        else:
-            locate = hub_locator(name, hub, misses)
-        image_config = _read_image_config(locate)
-        meta = _read_json(locate("config.json")) or {}
-        if image_config is None and not meta and misses:  # nothing reachable: offline and not cached
-            what = f"{_PROCESSOR_CONFIG_V5} / {_PREPROCESSOR_CONFIG}"
-            raise hub_error(name, what, misses[-1]) from misses[-1]
-        size, max_text_length = _model_config_facts(meta)
-        if image_config is None:
-            image_config = {"size": size} if size is not None else {}
-        image_processor = ImageProcessor.from_dict(image_config)
-        if image_options:
-            image_processor = image_processor.replace(**image_options)
+        name, locate, misses = _open_checkpoint(name_or_path, hub, "BridgeTowerProcessor")
+        image_processor, max_text_length = _image_processor_of(name, locate, misses, image_options)
         if tokenizer is None:
             tokenizer = _load_tokenizer(name, locate, hub, misses)
         return cls(image_processor, tokenizer, max_text_length=max_text_length)
@@ -217,9 +231,8 @@ class BridgeTowerProcessor:
         os.makedirs(path, exist_ok=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
         options = self.image_processor.to_dict()
-        with open(os.path.join(path, _PREPROCESSOR_CONFIG), "w", encoding="utf-8") as f:
-            json.dump(options, f, indent=2)
         v5 = os.path.join(path, _PROCESSOR_CONFIG_V5)
         if os.path.isfile(v5):
             with open(v5, encoding="utf-8") as f:

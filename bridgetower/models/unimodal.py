@@ -466,16 +466,9 @@ class BridgeTowerForTextClassification(_UniModalClassifier):
         self.text_classifier.reset_parameters()
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``<s>`` token of the last text layer: (B, H)."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                "input_ids must be an integer (B, L) tensor, got "
-                f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} of shape {tuple(getattr(input_ids, 'shape', ()))}"
-            )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
-            )
+        """The ``<s>`` token of the last text layer: (B, H).  The input is checked as every
+        text entry point checks it (ids in the vocabulary, length, empty texts)."""
+        self.text_model.check_inputs(input_ids, attention_mask)
         return self.text_model(input_ids, attention_mask)[-1][:, 0]
 
     def forward(

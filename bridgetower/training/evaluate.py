@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.processor import check_unknown_tokens
+
 __all__ = ["ITM_KINDS", "MLM_ATTRIBUTES", "SceneEvaluator", "format_score_table", "score_texts"]
 
 ITM_KINDS: tuple[str, ...] = ("random", "colour", "shape", "position")
@@ -157,7 +159,9 @@ def score_texts(
     """ITM match probability (softmax of the 2 logits, index 1) and match logit of one image
     ``pixel_values`` (3, H, W) against each text: ``[(text, probability, logit), ...]``.
 
-    The image goes through the vision tower once; each text is fused with it.
+    The image goes through the vision tower once; each text is fused with it.  A text whose
+    tokens are mostly unknown to ``tokenizer`` gets the processor's ``UserWarning``
+    (:func:`~bridgetower.models.processor.check_unknown_tokens`): its score means little.
     """
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 3:
         raise ValueError(
@@ -171,6 +175,7 @@ def score_texts(
     try:
         dev = next(model.parameters()).device
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        check_unknown_tokens(tokenizer, enc["input_ids"], texts)  # a UserWarning for texts of mostly <unk>
         ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
         image_states = model.encode_image(pixel_values.unsqueeze(0).to(dev))
         text_states = model.encode_text(ids, mask)

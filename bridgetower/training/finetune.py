@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,10 +30,15 @@ from torch import nn
 
 from .recipes import OFFICIAL_RECIPES, SYNTHETIC_RECIPES, FinetuneRecipe
 from .run import (
+    RUN_CONFIG,
     ArgumentError,
-    clear_previous_run,
+    check_output_dir,
     eval_before_after,
+    load_run_config,
+    record_resume,
+    replace_previous_run,
     resolve_model_dir,
+    resume_settings,
     saved_tokenizer,
     tokenizer_saver,
     write_json,
@@ -44,7 +50,6 @@ from .tasks import TASKS, TaskSpec, get_task, register_task
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FINETUNE_RUN_FILES",
     "OFFICIAL_RECIPES",
     "SYNTHETIC_RECIPES",
     "SYNTHETIC_TRAIN_STREAM",
@@ -63,17 +68,12 @@ __all__ = [
     "load_pretrained_encoder",
     "register_task",
     "resolve_model_dir",
+    "run_finetune_recipe",
 ]
 
 #: Synthetic fine-tuning data come from scene stream ``SYNTHETIC_TRAIN_STREAM + seed``.
 SYNTHETIC_TRAIN_STREAM = 5_000_011
 
-#: What a new fine-tuning run removes from its output directory (``remove``), and what tells
-#: that a previous run was there (``detect``).
-FINETUNE_RUN_FILES: dict[str, tuple[str, ...]] = {
-    "remove": ("checkpoints", "model", "metrics.jsonl", "metrics.csv", "finetune_summary.json"),
-    "detect": ("metrics.jsonl", "checkpoints"),
-}
 
 
 def build_task_model(
@@ -220,29 +220,59 @@ def _held_out_batches(val_set: Any, collate: Callable, batch_size: int) -> list:
     return batches
 
 
+def run_finetune_recipe(output_dir: str | Path) -> FinetuneRecipe | None:
+    """The recipe a fine-tuning run in ``output_dir`` was started with (``None`` without a
+    readable ``run_config.json``): what ``resume`` continues with."""
+    return _recipe_of(load_run_config(output_dir))
+
+
+def _recipe_of(run: dict[str, Any] | None) -> FinetuneRecipe | None:
+    from .recipes import recipe_from_dict
+
+    if not run or not isinstance(run.get("recipe"), dict):
+        return None
+    try:
+        return recipe_from_dict(FinetuneRecipe, run["recipe"])
+    except ValueError as e:
+        raise ArgumentError("resume", f"the run's run_config.json: {e}") from None
+
+
+#: The defaults of the settings a fine-tuning run records (``None`` arguments take these).
+_DEFAULTS: dict[str, Any] = {
+    "model": "bridgetower-tiny", "train_size": 100_000, "eval_size": 512, "retrieval_eval_size": 64, "seed": 0,
+    "eval_seed": 3_000_017, "precision": "fp32", "log_every": 25, "eval_every": 0, "eval_batch_size": 64,
+    "checkpoint_every": 0,
+}
+
+
+def _paths(paths: Sequence[str] | None) -> list[str] | None:
+    return None if paths is None else [os.path.abspath(p) for p in paths]
+
+
 def finetune(
     task: str,
     output_dir: str | Path,
     *,
     pretrained: str | Path | nn.Module | None = None,
-    model: str = "bridgetower-tiny",
+    model: str | None = None,
     recipe: FinetuneRecipe | None = None,
     train_data: Sequence[str] | None = None,
     val_data: Sequence[str] | None = None,
     tokenizer: Any = None,
     num_answers: int | None = None,
-    train_size: int = 100_000,
-    eval_size: int = 512,
-    retrieval_eval_size: int = 64,
-    seed: int = 0,
-    eval_seed: int = 3_000_017,
+    train_size: int | None = None,
+    eval_size: int | None = None,
+    retrieval_eval_size: int | None = None,
+    seed: int | None = None,
+    eval_seed: int | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
-    log_every: int = 25,
-    eval_every: int = 0,
-    eval_batch_size: int = 64,
-    checkpoint_every: int = 0,
+    precision: str | None = None,
+    log_every: int | None = None,
+    eval_every: int | None = None,
+    eval_batch_size: int | None = None,
+    checkpoint_every: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
     trackers: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -257,28 +287,76 @@ def finetune(
     sets' words for synthetic data), else built from the synthetic vocabulary; tables need
     ``tokenizer`` (a ``transformers`` tokenizer or a directory) unless the pretrained
     checkpoint has one.  ``recipe`` default: :data:`SYNTHETIC_RECIPES` for synthetic data,
-    :data:`OFFICIAL_RECIPES` for tables.
+    :data:`OFFICIAL_RECIPES` for tables.  ``None`` for the other settings takes the defaults
+    of :data:`_DEFAULTS` (``train_size`` 100000, ``eval_size`` 512, ``seed`` 0 ...).
 
     The output directory receives the :class:`~bridgetower.training.trainer.Trainer`'s
     checkpoints, ``metrics.jsonl``/``.csv`` (train and eval records), the final model and
     tokenizer in ``model/``, ``run_config.json`` and ``finetune_summary.json`` (held-out
-    metrics before and after); a new run (``resume=False``) replaces a previous one there.
+    metrics before and after, the samples skipped per reason).  A previous run there is kept:
+    a new run refuses to start over it unless ``overwrite`` (only the library's files are
+    removed, after every other argument has been checked); ``resume=True`` continues it from
+    its newest usable checkpoint with the run's own settings (recipe, data, model, seed ...:
+    one given again must agree, or it is an :class:`~bridgetower.training.run.ArgumentError`
+    naming it; device and trackers may change, recorded in ``run_config.json``).
     ``trackers``: experiment trackers (``"tensorboard"``, ``"wandb"``, see
     :mod:`~bridgetower.training.tracking`) besides the JSONL/CSV log; one whose package is
     not installed is an :class:`~bridgetower.training.run.ArgumentError` about ``trackers``.
     """
     from ..data import ImageTransform, SceneConfig
+    from .checkpoint import checkpoint_candidates, find_checkpoint
     from .optim import build_scheduler, describe_param_groups
     from .stream import BatchStream
-    from .tracking import TrackerUnavailableError
+    from .tracking import TrackerUnavailableError, check_trackers
     from .trainer import Trainer, TrainerConfig, seed_everything
 
     spec = get_task(task)
-    synthetic = train_data is None
-    recipe = recipe or (SYNTHETIC_RECIPES if synthetic else OFFICIAL_RECIPES)[spec.name]
     out_dir = Path(output_dir)
     t0 = time.perf_counter()
-    tokenizer = _task_tokenizer(tokenizer, pretrained, synthetic=synthetic, max_len=recipe.max_text_len)
+    previous = check_output_dir(out_dir, resume=resume, overwrite=overwrite)
+    run: dict[str, Any] = {}
+    saved_tok = None
+    if resume:
+        try:
+            find_checkpoint(out_dir)
+        except FileNotFoundError as e:
+            raise ArgumentError("resume", str(e)) from None
+        run = load_run_config(out_dir) or {}
+        if not run:
+            logger.warning("no run_config.json in %s: the resumed run takes the arguments given", out_dir)
+        if run.get("task", spec.name) != spec.name:
+            raise ArgumentError("task", f"the run in {out_dir} fine-tunes {run['task']!r}, not {spec.name!r}")
+        for cand in checkpoint_candidates(out_dir)[0]:
+            try:
+                saved_tok = saved_tokenizer(cand)
+            except Exception as e:  # noqa: BLE001 - a damaged checkpoint: the next one
+                logger.warning("cannot read the tokenizer of %s (%s)", cand, e)
+            if saved_tok is not None:
+                break
+    in_memory = isinstance(pretrained, nn.Module)
+    given = {"pretrained": None if pretrained is None or in_memory else os.path.abspath(pretrained),
+             "model": model, "train_data": _paths(train_data), "val_data": _paths(val_data),
+             "tokenizer": os.path.abspath(tokenizer) if isinstance(tokenizer, (str, Path)) else None,
+             "num_answers": num_answers, "train_size": train_size, "eval_size": eval_size,
+             "retrieval_eval_size": retrieval_eval_size, "seed": seed, "eval_seed": eval_seed, "precision": precision,
+             "log_every": log_every, "eval_every": eval_every, "eval_batch_size": eval_batch_size,
+             "checkpoint_every": checkpoint_every}
+    recorded = _recipe_of(run)
+    if recorded is not None:
+        if recipe is not None:
+            resume_settings(dataclasses.asdict(recorded), dataclasses.asdict(recipe))
+        recipe = recorded
+    cfg = resume_settings(run, given) if run else given
+    cfg = {k: (_DEFAULTS[k] if v is None and k in _DEFAULTS else v) for k, v in cfg.items()}
+    if not in_memory:
+        pretrained = cfg["pretrained"]
+    if resume and pretrained is not None and not in_memory and not Path(pretrained).exists():
+        raise ArgumentError("pretrained", f"the run started from {pretrained!r}, which no longer exists")
+    train_data, val_data, num_answers = cfg["train_data"], cfg["val_data"], cfg["num_answers"]
+    synthetic = train_data is None
+    recipe = recipe or (SYNTHETIC_RECIPES if synthetic else OFFICIAL_RECIPES)[spec.name]
+    tokenizer = saved_tok or _task_tokenizer(cfg["tokenizer"] or tokenizer, pretrained, synthetic=synthetic,
+                                             max_len=recipe.max_text_len)
     if synthetic:
         from ..data.downstream import VQA_ANSWERS
 
@@ -287,9 +365,10 @@ def finetune(
         num_answers = 3129
 
     # model
+    seed = cfg["seed"]
     seed_everything(seed)
     net, load_report = build_task_model(
-        spec, pretrained=pretrained, config=model, vocab_size=len(tokenizer),
+        spec, pretrained=pretrained, config=cfg["model"], vocab_size=len(tokenizer),
         image_size=recipe.image_size, num_answers=num_answers,
     )
     image_size = net.config.vision.image_size
@@ -305,8 +384,8 @@ def finetune(
         if spec.synthetic is None:
             raise ValueError(f"task {spec.name!r} has no synthetic data set; pass train_data")
         scene_cfg = SceneConfig(image_size=image_size)
-        train_set = spec.synthetic(train_size, seed=SYNTHETIC_TRAIN_STREAM + seed, config=scene_cfg, **data_kw)
-        val_set = spec.synthetic(eval_size, seed=eval_seed, config=scene_cfg, **data_kw)
+        train_set = spec.synthetic(cfg["train_size"], seed=SYNTHETIC_TRAIN_STREAM + seed, config=scene_cfg, **data_kw)
+        val_set = spec.synthetic(cfg["eval_size"], seed=cfg["eval_seed"], config=scene_cfg, **data_kw)
     else:
         if spec.arrow is None:
             raise ValueError(f"task {spec.name!r} cannot read official tables")
@@ -319,60 +398,71 @@ def finetune(
     evaluator = None
     if val_set is not None:
         retrieval = None
-        if spec.name == "irtr" and synthetic and retrieval_eval_size:
+        if spec.name == "irtr" and synthetic and cfg["retrieval_eval_size"]:
             from ..data.downstream import scene_retrieval_set
 
             retrieval = scene_retrieval_set(
-                retrieval_eval_size, seed=eval_seed + 1, config=SceneConfig(image_size=image_size),
+                cfg["retrieval_eval_size"], seed=cfg["eval_seed"] + 1, config=SceneConfig(image_size=image_size),
                 transform=transform, tokenizer=tokenizer, max_length=recipe.max_text_len,
             )
-        evaluator = TaskEvaluator(objective, _held_out_batches(val_set, collate, eval_batch_size), retrieval=retrieval)
+        evaluator = TaskEvaluator(objective, _held_out_batches(val_set, collate, cfg["eval_batch_size"]),
+                                  retrieval=retrieval)
 
     optimizer = build_finetune_optimizer(net, recipe)
     warmup = recipe.warmup
     if isinstance(warmup, int) and warmup > steps:
         warmup = steps // 10
     scheduler = build_scheduler(optimizer, total_steps=steps, warmup=warmup)
-    tcfg = TrainerConfig(
-        output_dir=out_dir, max_steps=steps, max_grad_norm=recipe.clip or None, precision=precision,
-        checkpoint_every=checkpoint_every, log_every=log_every, eval_every=eval_every, seed=seed,
-        device=device, progress=progress, plot=False, trackers=trackers,
-    )
-    if not resume:  # a new run replaces an old one in the same directory
-        clear_previous_run(out_dir, **FINETUNE_RUN_FILES, resume_hint="pass resume=True to continue it")
+    try:
+        tcfg = TrainerConfig(
+            output_dir=out_dir, max_steps=steps, max_grad_norm=recipe.clip or None, precision=cfg["precision"],
+            checkpoint_every=cfg["checkpoint_every"], log_every=cfg["log_every"], eval_every=cfg["eval_every"],
+            seed=seed, device=device, progress=progress, plot=False, trackers=trackers,
+        )
+        check_trackers(trackers)
+    except TrackerUnavailableError as e:
+        raise ArgumentError("trackers", str(e)) from None
+    if previous:  # every argument checked: now the previous run may go
+        replace_previous_run(out_dir)
     try:
         trainer = Trainer(net, objective, optimizer, stream, tcfg, scheduler=scheduler, eval_fn=evaluator,
                           extra_save=tokenizer_saver(tokenizer))
     except TrackerUnavailableError as e:
         raise ArgumentError("trackers", str(e)) from None
-    run_config = {
-        "task": spec.name,
-        "pretrained": None if pretrained is None else str(pretrained),
-        "model": None if pretrained is not None else model,
-        "data": "synthetic scenes" if synthetic else list(train_data),
-        "recipe": dataclasses.asdict(recipe),
-        "steps": steps,
-        "seed": seed,
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "load": {k: (v if k != "copied" else len(v)) for k, v in load_report.items()},
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "run_config.json", run_config)
+    variable = {"device": device, "trackers": list(tcfg.trackers)}
+    if not run:
+        run = {
+            "task": spec.name,
+            "pretrained": cfg["pretrained"] if not in_memory else f"<in-memory {type(pretrained).__name__}>",
+            "data": "synthetic scenes" if synthetic else list(train_data),
+            **{k: v for k, v in cfg.items() if k != "pretrained"},
+            "recipe": dataclasses.asdict(recipe),
+            "steps": steps,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "load": {k: (v if k != "copied" else len(v)) for k, v in load_report.items()},
+            **variable,
+        }
+        if pretrained is not None:
+            run["model"] = None
+        write_json(out_dir / RUN_CONFIG, run)
     logger.info("fine-tuning %s for %d steps (%s)", spec.name, steps, "pretrained" if pretrained else "from scratch")
     logger.info("parameter groups:\n%s", describe_param_groups(optimizer.param_groups))
     if resume:
-        trainer.resume()
+        step = trainer.resume()
+        record_resume(out_dir, run, step=step, changed={k: (run.get(k), v) for k, v in variable.items() if k in run})
     t_train = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t_train
     before, after = eval_before_after(trainer.metrics.records)
     summary = {
         "task": spec.name,
-        "pretrained": run_config["pretrained"],
+        "pretrained": run["pretrained"],
         "steps": trainer.step,
         "metric": objective.metric,
         "before": before,
         "after": after,
+        "skipped": trainer.skipped.as_dict(),
+        "skipped_batches": trainer.skipped_batches,
         "train_seconds": round(train_s, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
         "model_dir": str(out_dir / "model"),

@@ -24,16 +24,25 @@ __all__ = ["MetricsLogger", "plot_metrics", "read_jsonl"]
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSONL metrics file (an empty list when it does not exist)."""
+    """The records of a JSONL metrics file (an empty list when it does not exist).  A line
+    that is not a JSON object (a record cut short by a kill) is left out with a warning."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
             line = line.strip()
-            if line:
-                out.append(json.loads(line))
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            else:
+                logger.warning("%s:%d is not a metrics record (cut short?); left out", path, lineno)
     return out
 
 
@@ -78,9 +87,13 @@ class MetricsLogger:
                 tracker.log(int(step), scalars, split=split)
         return record
 
-    def truncate_after(self, step: int) -> None:
-        """Drop the records with ``step`` greater than ``step`` (used on resume)."""
+    def truncate_after(self, step: int, *, records: int | None = None) -> None:
+        """Drop the records with ``step`` greater than ``step`` (used on resume), and all but
+        the first ``records`` records when given (the count a checkpoint saw: records of the
+        checkpoint's own step written after it, such as a final evaluation, go too)."""
         kept = [r for r in self.records if r.get("step", 0) <= step]
+        if records is not None:
+            kept = kept[: int(records)]
         _atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
         self.flush()
 
@@ -109,6 +122,10 @@ class MetricsLogger:
             tracker.close()
 
 
+#: Curves with at most this many points are drawn with a marker on each point.
+_MARKED_POINTS = 50
+
+
 def _series(records: Iterable[dict], split: str, key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for r in records:
@@ -122,8 +139,12 @@ def plot_metrics(records: list[dict], path: str | Path, *, title: str | None = N
     """Draw the loss curves (left) and the accuracy curves (right) into a PNG at ``path``.
 
     Plots every ``train`` key starting with ``loss`` and every key containing ``acc`` of both
-    splits (accuracies as percentages).
+    splits (accuracies as percentages); evaluation curves, and every curve of at most 50
+    points, have a marker on each point, so that a run of one logged step still shows it.
     """
+    from .._optional import require
+
+    require("matplotlib", "plot", needed_for="plot_metrics (training_curves.png)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -140,11 +161,12 @@ def plot_metrics(records: list[dict], path: str | Path, *, title: str | None = N
         xs, ys = _series(records, split, k)
         if not xs:
             continue
+        # a short run has a few points (one: no line at all): mark each one
+        marker = "o" if split == "eval" or len(xs) <= _MARKED_POINTS else None
         if split == "train" and k.startswith("loss"):
-            ax_loss.plot(xs, ys, label=k, linewidth=1.2)
+            ax_loss.plot(xs, ys, label=k, linewidth=1.2, marker=marker, markersize=3)
         elif "acc" in k:
-            style = "-" if split == "train" else "o-"
-            ax_acc.plot(xs, [100 * y for y in ys], style, label=f"{split}/{k}", linewidth=1.2, markersize=3)
+            ax_acc.plot(xs, [100 * y for y in ys], label=f"{split}/{k}", linewidth=1.2, marker=marker, markersize=3)
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training losses")

@@ -9,8 +9,8 @@ shards) it pretrains on that data with the published recipe (``"official"`` in
 
 The output directory gets the Trainer's ``checkpoints/``, ``metrics.jsonl`` / ``.csv``, the
 curve plot and the final ``model/`` with its tokenizer, plus ``run_config.json`` and
-``summary.json`` (:mod:`~bridgetower.training.run`).  A new run replaces a previous one there
-unless ``resume`` is given.  Data-parallel runs (``torchrun``): pass the context and strategy
+``summary.json`` (:mod:`~bridgetower.training.run`).  A previous run there is kept: continue it
+(``resume``) or replace it (``overwrite``).  Data-parallel runs (``torchrun``): pass the context and strategy
 of :func:`~bridgetower.training.distributed.start_data_parallel`; ``recipe.batch_size`` is
 then the global batch.
 """
@@ -21,36 +21,39 @@ import json
 import logging
 import os
 import re
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 from .recipes import PRETRAIN_RECIPES, PretrainRecipe
-from .run import ArgumentError, clear_previous_run, eval_before_after, tokenizer_saver, write_json
+from .run import (
+    RUN_CONFIG,
+    ArgumentError,
+    check_output_dir,
+    eval_before_after,
+    load_run_config,
+    record_resume,
+    replace_previous_run,
+    resume_settings,
+    saved_tokenizer,
+    tokenizer_saver,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEMO_OUTPUT_DIR",
     "PRETRAIN_OUTPUT_DIR",
-    "PRETRAIN_RUN_FILES",
     "caption_words",
     "data_source",
     "load_model_config",
     "pretrain",
+    "run_recipe",
 ]
 
 DEMO_OUTPUT_DIR = os.path.join("runs", "demo")
 PRETRAIN_OUTPUT_DIR = os.path.join("runs", "pretrain")
-
-#: What a new pretraining run removes from its output directory (``remove``), and what tells
-#: that a previous run was there (``detect``).
-PRETRAIN_RUN_FILES: dict[str, tuple[str, ...]] = {
-    "remove": ("checkpoints", "model", "tensorboard", "metrics.jsonl", "metrics.csv", "training_curves.png",
-               "run_config.json", "summary.json"),
-    "detect": ("checkpoints", "model", "metrics.jsonl", "metrics.csv", "training_curves.png", "tensorboard"),
-}
 
 _INDEX_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
 
@@ -78,13 +81,29 @@ def load_model_config(model: Any) -> Any:
         raise ArgumentError("model", str(e)) from None
 
 
-def data_source(data: str | Path) -> tuple[str, Any]:
+def data_source(data: str | Path, *, allow_remote: bool = False) -> tuple[str, Any]:
     """What ``data`` is: ``("index", file)`` (a JSONL/CSV index, or the one index of a
-    folder) or ``("shards", urls)`` (a ``.tar``, a folder of them, or a brace pattern
-    ``shard-{000..009}.tar``); ``ArgumentError("data", ...)`` otherwise."""
+    folder) or ``("shards", urls)`` (a ``.tar``, a folder of them, a brace pattern
+    ``shard-{000..009}.tar`` whose every shard must exist, or -- with ``allow_remote`` only --
+    ``pipe:`` / ``http(s)://`` URLs); ``ArgumentError("data", ...)`` otherwise."""
+    from ..data import expand_urls
+    from ..data.shards import check_shard_urls, is_remote_url
+
     text = str(data)
-    if "{" in text and text.endswith(".tar"):
-        return "shards", text
+    if is_remote_url(text):
+        urls = expand_urls(text)
+        try:
+            check_shard_urls(urls, allow_remote=allow_remote)
+        except ValueError as e:
+            raise ArgumentError("data", str(e)) from None
+        return "shards", urls
+    if "{" in text or "::" in text:
+        urls = expand_urls(text)
+        missing = [u for u in urls if not Path(u).is_file()]
+        if missing:
+            raise ArgumentError("data", f"{len(missing)} of the {len(urls)} shards of {text!r} do not exist "
+                                f"(e.g. {missing[0]!r}); check the pattern")
+        return "shards", urls
     p = Path(text)
     if not p.exists():
         raise ArgumentError("data", f"{text!r} does not exist")
@@ -107,27 +126,33 @@ def data_source(data: str | Path) -> tuple[str, Any]:
 
 def caption_words(kind: str, source: Any) -> list[str]:
     """The distinct lower-cased words and punctuation marks of the captions of a
-    :func:`data_source`, in order of appearance (the vocabulary of a word-level tokenizer)."""
+    :func:`data_source`, in order of appearance (the vocabulary of a word-level tokenizer).
+    Unreadable records and what broken shards lose are skipped (counted in a warning)."""
+    from ..data import SkipStats, read_index
+    from ..data.shards import iter_shard
+
     captions: list[str] = []
     if kind == "index":
-        from ..data import read_index
-
-        captions = [c for _, c in read_index(source) if c]
+        try:
+            captions = [c for _, c in read_index(source) if isinstance(c, str) and c]
+        except ValueError as e:
+            raise ArgumentError("data", str(e)) from None
     else:
-        from ..data import expand_urls
-
-        for url in expand_urls(source):
-            with tarfile.open(url) as tf:
-                for member in tf:
-                    ext = member.name.rsplit(".", 1)[-1].lower()
-                    if member.isfile() and ext in ("txt", "caption", "json"):
-                        raw = tf.extractfile(member).read().decode("utf-8", "replace")
-                        if ext == "json":
-                            try:
-                                raw = json.loads(raw).get("caption") or ""
-                            except (json.JSONDecodeError, AttributeError):
-                                raw = ""
-                        captions.append(raw)
+        lost = SkipStats()
+        for url in source:
+            for raw in iter_shard(url, lost.add):
+                ext = next((k for k in ("txt", "caption", "json") if isinstance(raw, dict) and k in raw), None)
+                if ext is None:
+                    continue
+                text = raw[ext].decode("utf-8", "replace")
+                if ext == "json":
+                    try:
+                        text = json.loads(text).get("caption") or ""
+                    except (json.JSONDecodeError, AttributeError):
+                        text = ""
+                captions.append(text if isinstance(text, str) else "")
+        if lost.total:
+            logger.warning("building the tokenizer from the captions: %s", lost.summary())
     words: dict[str, None] = {}
     for c in captions:
         for w in re.findall(r"\w+|[^\w\s]", c.lower()):
@@ -137,31 +162,31 @@ def caption_words(kind: str, source: Any) -> list[str]:
     return list(words)
 
 
-def _tokenizer(tokenizer: Any, data: Any, max_len: int) -> Any:
+def _tokenizer(tokenizer: Any, source: tuple[str, Any] | None, max_len: int) -> Any:
     if isinstance(tokenizer, (str, Path)):
         from transformers import AutoTokenizer
 
         if not Path(tokenizer).is_dir():
             raise ArgumentError("tokenizer", f"{str(tokenizer)!r} is not a directory")
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-    elif tokenizer is None and data is None:
+    elif tokenizer is None and source is None:
         from ..data import build_scene_tokenizer
 
         tokenizer = build_scene_tokenizer(model_max_length=max_len)
     elif tokenizer is None:
         from ..models.tokenizer import build_wordlevel_tokenizer
 
-        tokenizer = build_wordlevel_tokenizer(caption_words(*data_source(data)), model_max_length=max_len)
+        tokenizer = build_wordlevel_tokenizer(caption_words(*source), model_max_length=max_len)
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise ArgumentError("tokenizer", "the tokenizer needs a mask and a pad token for MLM pretraining")
     return tokenizer
 
 
-def _dataset(data: Any, recipe: PretrainRecipe, tokenizer: Any, transform: Any, *, seed: int, num_scenes: int,
-             scene_cfg: Any) -> tuple[Any, dict]:
+def _dataset(source: tuple[str, Any] | None, recipe: PretrainRecipe, tokenizer: Any, transform: Any, *, seed: int,
+             num_scenes: int, scene_cfg: Any, allow_remote: bool) -> tuple[Any, dict]:
     """The training set and the collator's extra masking of the scene attribute words."""
     max_len = recipe.max_text_len
-    if data is None:
+    if source is None:
         from ..data import SyntheticSceneDataset, scene_attribute_token_ids
 
         dataset = SyntheticSceneDataset(num_scenes, seed=seed, config=scene_cfg, transform=transform,
@@ -173,33 +198,95 @@ def _dataset(data: Any, recipe: PretrainRecipe, tokenizer: Any, transform: Any, 
                          "boost_probability": recipe.attribute_mask_prob}
     from ..data import ImageTextDataset, WebDatasetPairs
 
-    kind, source = data_source(data)
+    kind, src = source
     try:
         if kind == "index":
-            return ImageTextDataset(source, transform=transform, tokenizer=tokenizer, max_length=max_len), {}
+            return ImageTextDataset(src, transform=transform, tokenizer=tokenizer, max_length=max_len), {}
         # rank=0, world_size=1: every process reads the same global stream and keeps its rows of
         # each batch (bridgetower.training.distributed)
-        return WebDatasetPairs(source, transform=transform, tokenizer=tokenizer, max_length=max_len,
-                               shuffle_shards=True, seed=seed, rank=0, world_size=1), {}
+        return WebDatasetPairs(src, transform=transform, tokenizer=tokenizer, max_length=max_len,
+                               shuffle_shards=True, seed=seed, rank=0, world_size=1, allow_remote=allow_remote), {}
     except (ValueError, OSError) as e:
         raise ArgumentError("data", str(e)) from None
+
+
+def _where(data: Any) -> str | None:
+    """How a run records ``data`` / ``tokenizer``: ``None``, an absolute local path, or the
+    URL / pattern as given."""
+    if data is None:
+        return None
+    from ..data.shards import is_remote_url
+
+    text = str(data)
+    return text if is_remote_url(text) else os.path.abspath(text)
+
+
+def run_recipe(output_dir: str | Path) -> PretrainRecipe | None:
+    """The recipe a pretraining run in ``output_dir`` was started with (``None`` without a
+    readable ``run_config.json``): what ``resume`` continues with."""
+    return _recipe_of(load_run_config(output_dir))
+
+
+def _recipe_of(run: dict[str, Any] | None) -> PretrainRecipe | None:
+    if not run or not isinstance(run.get("knobs"), dict):
+        return None
+    from .recipes import recipe_from_dict
+
+    try:
+        return recipe_from_dict(PretrainRecipe, {"name": run.get("recipe", "official"), **run["knobs"]})
+    except ValueError as e:
+        raise ArgumentError("resume", f"the run's run_config.json: {e}") from None
+
+
+def _saved_files(checkpoints: list[Path], run: dict[str, Any]) -> tuple[Any, Any]:
+    """``(tokenizer, model config)`` of a run being resumed: the tokenizer saved with its
+    newest readable checkpoint, the config its ``run_config.json`` recorded (older runs: the
+    checkpoint's ``config.json``); ``None`` for what cannot be found."""
+    from ..models import BridgeTowerConfig
+
+    tok = cfg = None
+    if isinstance(run.get("model_config"), dict):
+        cfg = BridgeTowerConfig.from_dict(run["model_config"])
+    for cand in checkpoints:
+        try:
+            tok = tok or saved_tokenizer(cand)
+            if cfg is None:
+                cfg = BridgeTowerConfig.from_dict(json.loads((cand / "config.json").read_text())["config"])
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: the next one
+            logger.warning("cannot read the tokenizer or config of %s (%s)", cand, e)
+        if tok is not None and cfg is not None:
+            break
+    return tok, cfg
+
+
+def _resume_recipe(recipe: PretrainRecipe | str | None, recorded: PretrainRecipe) -> PretrainRecipe:
+    """The run's recipe; a recipe given again must agree with it, knob by knob (a name must
+    be the run's recipe name)."""
+    if isinstance(recipe, str) and recipe != recorded.name:
+        raise ArgumentError("recipe", f"the run was started with the {recorded.name!r} recipe, not {recipe!r}")
+    if isinstance(recipe, PretrainRecipe):
+        given = {"recipe": recipe.name, **recipe.knob_values()}
+        resume_settings({"recipe": recorded.name, **recorded.knob_values()}, given)
+    return recorded
 
 
 def pretrain(
     output_dir: str | Path | None = None,
     *,
     recipe: PretrainRecipe | str | None = None,
-    model: Any = "bridgetower-tiny",
+    model: Any = None,
     data: str | Path | None = None,
     tokenizer: Any = None,
     resume: str | Path | bool | None = None,
-    seed: int = 0,
-    precision: str = "fp32",
+    overwrite: bool = False,
+    allow_remote_data: bool = False,
+    seed: int | None = None,
+    precision: str | None = None,
     gradient_checkpointing: bool = False,
     device: str | None = None,
     keep_checkpoints: int = 2,
-    eval_size: int = 256,
-    num_scenes: int = 1_000_000,
+    eval_size: int | None = None,
+    num_scenes: int | None = None,
     progress: bool | None = None,
     trackers: Any = None,
     ctx: Any = None,
@@ -209,39 +296,50 @@ def pretrain(
 
     Args:
         output_dir: the run directory (default ``runs/demo`` for the demo, ``runs/pretrain``
-            otherwise).
+            otherwise).  A previous run there is kept: a new run refuses to start over it
+            unless ``overwrite`` (then only the files the library wrote are removed, each
+            named in a warning, after every other argument has been checked).
         recipe: a :class:`~bridgetower.training.recipes.PretrainRecipe` or a name of
             :data:`~bridgetower.training.recipes.PRETRAIN_RECIPES` (default: ``"demo"``
             without ``data``, ``"official"`` with it).
-        model: a configuration name, a JSON config file or a ``BridgeTowerConfig``; the
-            vocabulary size follows the tokenizer.
+        model: a configuration name, a JSON config file or a ``BridgeTowerConfig`` (default
+            ``"bridgetower-tiny"``); the vocabulary size follows the tokenizer.
         data: image-caption data (see :func:`data_source`); ``None``: the synthetic scenes.
         tokenizer: a ``transformers`` tokenizer or its directory (default: a word-level
             tokenizer built offline from the caption words).
-        resume: ``True`` / ``"latest"``: continue from the newest checkpoint in the output
-            dir; a path: from that checkpoint directory.
-        seed: seed of the model init, data order and masking.
+        resume: ``True`` / ``"latest"``: continue the run in the output dir from its newest
+            usable checkpoint; a path: from that checkpoint directory.  The run's settings
+            (recipe, model, data, tokenizer, seed, precision, ``eval_size``, ``num_scenes``)
+            come from its ``run_config.json``; one given again must agree, or it is an
+            :class:`~bridgetower.training.run.ArgumentError` naming it.  Device, trackers,
+            checkpoint keeping, gradient checkpointing and the process count may change
+            (recorded under ``resumes`` in ``run_config.json``).
+        overwrite: replace a previous run in the output dir (not with ``resume``).
+        allow_remote_data: read ``pipe:`` and ``http(s)://`` shard URLs (they run shell
+            commands or reach the network); refused otherwise.
+        seed: seed of the model init, data order and masking (default 0).
         precision, gradient_checkpointing, keep_checkpoints, progress, trackers: as in
-            :class:`~bridgetower.training.trainer.TrainerConfig`.
+            :class:`~bridgetower.training.trainer.TrainerConfig` (precision default ``"fp32"``).
         device: the torch device (default: ``cuda`` if available; the context's with ``ctx``).
-        eval_size: held-out scenes per demo measurement.
-        num_scenes: size of the synthetic training stream.
+        eval_size: held-out scenes per demo measurement (default 256).
+        num_scenes: size of the synthetic training stream (default 1,000,000).
         ctx, strategy: a data-parallel context and ``"ddp"`` / ``"fsdp"``
             (:func:`~bridgetower.training.distributed.start_data_parallel`), or ``None`` /
             ``"none"``.
 
     Returns:
         ``summary.json``'s content (``steps``, ``train_seconds``, ``total_seconds``,
-        ``before`` / ``after``: the held-out metrics) plus ``output_dir``, ``main_process``,
-        ``interrupted`` (a ``KeyboardInterrupt`` stopped the run; ``steps`` says where) and
-        ``tables`` (the demo's printed tables).  A bad argument is an
+        ``before`` / ``after``: the held-out metrics, ``skipped``: the samples skipped per
+        reason, ``skipped_batches``) plus ``output_dir``, ``main_process``, ``interrupted``
+        (a ``KeyboardInterrupt`` stopped the run; ``steps`` says where) and ``tables`` (the
+        demo's printed tables).  A bad argument is an
         :class:`~bridgetower.training.run.ArgumentError` naming it.
     """
     import torch
 
     from ..data import ImageTransform, PretrainingCollator, SceneConfig
     from ..models import BridgeTowerForPretraining
-    from .checkpoint import find_checkpoint
+    from .checkpoint import checkpoint_candidates, find_checkpoint
     from .demo import (
         DEMO_ATTRIBUTE_WEIGHTS,
         SceneTextNegatives,
@@ -253,18 +351,48 @@ def pretrain(
     from .objectives import PretrainingObjective
     from .optim import build_optimizer, build_scheduler, describe_param_groups
     from .stream import BatchStream
-    from .tracking import TrackerUnavailableError
+    from .tracking import TrackerUnavailableError, check_trackers
     from .trainer import Trainer, TrainerConfig, seed_everything
 
     t_start = time.perf_counter()
+    resuming = resume is not None and resume is not False
+    main = ctx is None or ctx.is_main
+    out_dir = Path(output_dir or (DEMO_OUTPUT_DIR if data is None else PRETRAIN_OUTPUT_DIR))
+    previous = check_output_dir(out_dir, resume=resuming, overwrite=overwrite)
+
+    # the settings: given (a new run), or the run's (a resumed one)
+    run: dict[str, Any] = {}
+    resume_from: Path | None = None
+    saved_tok, saved_cfg = None, None
+    if resuming:
+        try:
+            resume_from = find_checkpoint(out_dir if resume in (True, "latest") else resume)
+        except FileNotFoundError as e:
+            raise ArgumentError("resume", str(e)) from None
+        run = load_run_config(out_dir) or load_run_config(resume_from.parent.parent) or {}
+        if not run:
+            logger.warning("no run_config.json in %s: the resumed run takes the arguments given", out_dir)
+        saved_tok, saved_cfg = _saved_files(checkpoint_candidates(resume_from)[0]
+                                            + checkpoint_candidates(out_dir)[0], run)
+    recorded = _recipe_of(run)
+    given = {"model": model, "data": _where(data), "tokenizer": _where(tokenizer) if isinstance(tokenizer, (str, Path))
+             else None, "seed": seed, "precision": precision, "eval_size": eval_size, "num_scenes": num_scenes}
+    if recorded is not None:
+        settled = resume_settings(run, {k: v for k, v in given.items() if k != "model"})
+        recipe = _resume_recipe(recipe, recorded)
+        data = settled["data"] if settled["data"] not in ("synthetic scenes",) else None
+    else:
+        settled = dict(given)
+    seed = 0 if settled["seed"] is None else settled["seed"]
+    precision = settled["precision"] or "fp32"
+    eval_size = settled["eval_size"] or 256
+    num_scenes = settled["num_scenes"] or 1_000_000
     demo = data is None
     if recipe is None or isinstance(recipe, str):
         name = recipe or ("demo" if demo else "official")
         if name not in PRETRAIN_RECIPES:
             raise ArgumentError("recipe", f"unknown recipe {name!r}; known: {sorted(PRETRAIN_RECIPES)}")
         recipe = PRETRAIN_RECIPES[name]
-    main = ctx is None or ctx.is_main
-    out_dir = Path(output_dir or (DEMO_OUTPUT_DIR if demo else PRETRAIN_OUTPUT_DIR))
     if ctx is not None:
         device = str(ctx.device)
         if recipe.batch_size % ctx.world_size:
@@ -272,31 +400,31 @@ def pretrain(
                                 f"{ctx.world_size} processes")
     else:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = load_model_config(model)
-    if data is not None:
-        data_source(data)  # a bad path fails here, before the output directory is touched
-    resume_from = None
-    if resume is not None and resume is not False:
-        try:
-            resume_from = find_checkpoint(out_dir if resume in (True, "latest") else resume)
-        except FileNotFoundError as e:
-            raise ArgumentError("resume", str(e)) from None
-    else:
-        if main:
-            clear_previous_run(out_dir, **PRETRAIN_RUN_FILES, resume_hint="pass --resume to continue it")
-        barrier()
 
-    # data and tokenizer
+    # data, tokenizer, model config: everything is checked before the output directory changes
+    source = data_source(data, allow_remote=allow_remote_data) if data is not None else None
     max_len = recipe.max_text_len
-    tokenizer = _tokenizer(tokenizer, data, max_len)
+    if saved_tok is not None:
+        if tokenizer is not None and not isinstance(tokenizer, (str, Path)) \
+                and tokenizer.get_vocab() != saved_tok.get_vocab():
+            raise ArgumentError("tokenizer", "differs from the tokenizer saved with the run's checkpoints")
+        tokenizer = saved_tok
+    else:
+        tokenizer = _tokenizer(settled["tokenizer"] or tokenizer, source, max_len)
+    vocab = {"text.vocab_size": len(tokenizer)}
+    config = load_model_config(model or run.get("model") or "bridgetower-tiny").replace(**vocab)
+    if saved_cfg is not None:
+        if model is not None and not _same_config(config, saved_cfg):
+            raise ArgumentError("model", f"{model!r} is not the model the run was started with "
+                                f"({run.get('model')!r})")
+        config = saved_cfg
     if max_len + 2 > config.text.max_position_embeddings:
         raise ArgumentError("max_text_len", f"{max_len} does not fit the model's "
                             f"{config.text.max_position_embeddings} positions")
-    config = config.replace(**{"text.vocab_size": len(tokenizer)})
     image_size = config.vision.image_size
     transform = ImageTransform(image_size)
-    dataset, boost = _dataset(data, recipe, tokenizer, transform, seed=seed, num_scenes=num_scenes,
-                              scene_cfg=SceneConfig(image_size=image_size))
+    dataset, boost = _dataset(source, recipe, tokenizer, transform, seed=seed, num_scenes=num_scenes,
+                              scene_cfg=SceneConfig(image_size=image_size), allow_remote=allow_remote_data)
     collate = PretrainingCollator.from_tokenizer(
         tokenizer, mlm_probability=recipe.mlm_prob, itm_negative_fraction=recipe.itm_negatives,
         max_length=max_len, **boost,
@@ -308,6 +436,13 @@ def pretrain(
         stream = BatchStream(dataset, collate, recipe.batch_size, seed=seed)
     except ValueError as e:
         raise ArgumentError("data", str(e)) from None
+    try:
+        check_trackers(trackers)
+    except (TrackerUnavailableError, ValueError) as e:
+        raise ArgumentError("trackers", str(e)) from None
+    if main and previous:
+        replace_previous_run(out_dir)
+    barrier()
 
     # model, optimizer, schedule
     seed_everything(seed)
@@ -337,30 +472,39 @@ def pretrain(
             trainer = Trainer(net, objective, optimizer, stream, tcfg, **kw)
     except TrackerUnavailableError as e:
         raise ArgumentError("trackers", str(e)) from None
-    run_config = {
-        "recipe": recipe.name, "model": model if isinstance(model, str) else type(model).__name__,
-        "data": str(data) if data is not None else "synthetic scenes",
-        "seed": seed, "precision": precision, "device": device, "knobs": recipe.knob_values(),
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "distributed": {"strategy": strategy, "world_size": ctx.world_size if ctx is not None else 1},
-    }
-    if main:
-        write_json(out_dir / "run_config.json", run_config)
-    logger.info("%s recipe, %s (%s parameters) on %s, output %s", recipe.name, run_config["model"],
-                f"{run_config['parameters']:,}", device, out_dir)
+    variable = {"device": device, "trackers": list(tcfg.trackers), "keep_checkpoints": keep_checkpoints,
+                "gradient_checkpointing": gradient_checkpointing,
+                "distributed": {"strategy": strategy, "world_size": ctx.world_size if ctx is not None else 1}}
+    if not run:
+        run = {
+            "recipe": recipe.name,
+            "model": model if isinstance(model, str) else "bridgetower-tiny" if model is None else type(model).__name__,
+            "data": _where(data), "tokenizer": settled["tokenizer"], "allow_remote_data": allow_remote_data,
+            "seed": seed, "precision": precision, "eval_size": eval_size, "num_scenes": num_scenes,
+            "knobs": recipe.knob_values(), "parameters": sum(p.numel() for p in net.parameters()),
+            "model_config": config.to_dict(), **variable,
+        }
+        if main:
+            write_json(out_dir / RUN_CONFIG, run)
+    logger.info("%s recipe, %s (%s parameters) on %s, output %s", recipe.name, run["model"],
+                f"{sum(p.numel() for p in net.parameters()):,}", device, out_dir)
     logger.info("parameter groups:\n%s", describe_param_groups(optimizer.param_groups))
     result: dict[str, Any] = {"output_dir": str(out_dir), "main_process": main, "interrupted": False, "tables": []}
-    if resume_from is not None:
-        logger.info("resuming at step %d of %d", trainer.resume(resume_from), recipe.steps)
+    if resuming:
+        step = trainer.resume(out_dir if resume in (True, "latest") else resume)
+        if main:
+            record_resume(out_dir, run, step=step, changed={k: (run.get(k), v) for k, v in variable.items() if k in run})
+        logger.info("resuming at step %d of %d", step, recipe.steps)
     t_train = time.perf_counter()
     try:
         trainer.train()
     except KeyboardInterrupt:
-        return {**result, "interrupted": True, "steps": trainer.step}
+        return {**result, "interrupted": True, "steps": trainer.step, **_skips(trainer)}
     train_s = time.perf_counter() - t_train
     before, after = eval_before_after(trainer.metrics.records)
     summary = {"steps": trainer.step, "train_seconds": round(train_s, 1),
-               "total_seconds": round(time.perf_counter() - t_start, 1), "before": before, "after": after}
+               "total_seconds": round(time.perf_counter() - t_start, 1), "before": before, "after": after,
+               **_skips(trainer)}
     score_table = None
     if demo and par is not None and strategy == "fsdp":  # every rank enters the FSDP forward
         score_table = par.run(lambda m: demo_score_table(m, tokenizer, image_size))
@@ -372,3 +516,12 @@ def pretrain(
         result["tables"] = [format_demo_table(before, after, eval_size), score_table]
     write_json(out_dir / "summary.json", summary)
     return {**result, **summary}
+
+
+def _skips(trainer: Any) -> dict[str, Any]:
+    """The skip counts of a run, as its summary records them."""
+    return {"skipped": trainer.skipped.as_dict(), "skipped_batches": trainer.skipped_batches}
+
+
+def _same_config(a: Any, b: Any) -> bool:
+    return json.dumps(a.to_dict(), sort_keys=True, default=str) == json.dumps(b.to_dict(), sort_keys=True, default=str)

@@ -30,6 +30,7 @@ __all__ = [
     "PretrainRecipe",
     "knob",
     "knobs",
+    "recipe_from_dict",
 ]
 
 
@@ -43,6 +44,16 @@ def knob(help: str, kind: str, default: Any = dataclasses.MISSING, *, pair: bool
 def knobs(recipe_cls: type) -> list[dataclasses.Field]:
     """The fields of ``recipe_cls`` declared with :func:`knob`, in declaration order."""
     return [f for f in dataclasses.fields(recipe_cls) if "kind" in f.metadata]
+
+
+def recipe_from_dict(recipe_cls: type, values: dict[str, Any]) -> Any:
+    """A recipe from the dict a run recorded (pairs stored as lists become tuples again); a
+    ``ValueError`` for fields this version does not know."""
+    pairs = {f.name for f in knobs(recipe_cls) if f.metadata["pair"]}
+    try:
+        return recipe_cls(**{k: (tuple(v) if k in pairs and v is not None else v) for k, v in values.items()})
+    except TypeError as e:
+        raise ValueError(f"the recorded recipe does not fit {recipe_cls.__name__}: {e}") from None
 
 
 class _Replace:

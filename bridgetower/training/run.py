@@ -5,8 +5,12 @@ A *run* writes into one output directory: the :class:`~bridgetower.training.trai
 the driver's ``run_config.json`` and a summary JSON with the held-out metrics before and
 after training.  The pieces here are those every driver needs:
 
-* :func:`clear_previous_run` -- a new run replaces an old one in the same directory (the
-  files each driver names), with one warning;
+* :func:`previous_run`, :func:`check_output_dir`, :func:`replace_previous_run` -- an
+  existing run in the output directory is kept unless the caller says to replace it
+  (``overwrite``); then only the files and folders the library writes go (:data:`RUN_FILES`,
+  the checkpoints, the saved model's files), each one named in a warning;
+* :func:`load_run_config`, :func:`resume_settings`, :func:`record_resume` -- a resumed run
+  takes its settings from its ``run_config.json``; a setting given again must agree;
 * :func:`tokenizer_saver` -- the ``extra_save`` hook that puts the tokenizer next to every
   checkpoint and the final model;
 * :func:`write_json` -- ``run_config.json`` and the summary;
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +36,16 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RUN_CONFIG",
+    "RUN_FILES",
     "ArgumentError",
-    "clear_previous_run",
+    "check_output_dir",
     "eval_before_after",
+    "load_run_config",
+    "previous_run",
+    "record_resume",
+    "replace_previous_run",
+    "resume_settings",
     "load_saved_model",
     "resolve_model_dir",
     "saved_tokenizer",
@@ -51,22 +63,142 @@ class ArgumentError(ValueError):
         self.message = message
 
 
-def clear_previous_run(
-    output_dir: str | Path, *, remove: Sequence[str], detect: Sequence[str], resume_hint: str
-) -> bool:
-    """Remove the files and folders ``remove`` of a previous run from ``output_dir``; warn
-    (once, with ``resume_hint``) when any of ``detect`` existed.  Returns whether one did."""
+RUN_CONFIG = "run_config.json"
+
+#: The files a run writes at the top of its output directory (the drivers' and the Trainer's).
+RUN_FILES = ("metrics.jsonl", "metrics.csv", "training_curves.png", RUN_CONFIG, "summary.json",
+             "finetune_summary.json")
+
+# what the library writes inside the folders of a run: a saved model (save_pretrained + the
+# tokenizer and processor files), TensorBoard event files, checkpoints (checkpoint.py's names)
+_FOLDER_FILES = {
+    "model": re.compile(r"^(config\.json|preprocessor_config\.json|processor_config\.json|.+\.safetensors"
+                        r"|.+\.safetensors\.index\.json|tokenizer\.json|tokenizer_config\.json"
+                        r"|special_tokens_map\.json|added_tokens\.json|vocab\.json|vocab\.txt|merges\.txt"
+                        r"|spiece\.model|sentencepiece\.bpe\.model|chat_template\.jinja)$"),
+    "tensorboard": re.compile(r"^events\.out\.tfevents\..+$"),
+    "checkpoints": re.compile(r"^(step-\d{8,}|latest)$"),
+}
+
+
+def previous_run(output_dir: str | Path) -> list[str]:
+    """What a previous run left in ``output_dir``: the library's files and folders there
+    (``[]`` for a new or empty directory, or one holding only other files)."""
     out = Path(output_dir)
-    found = any((out / name).exists() for name in detect)
-    if found:
-        logger.warning("replacing the previous run in %s (%s)", out, resume_hint)
-    for name in remove:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            target.unlink(missing_ok=True)
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    for folder, pattern in _FOLDER_FILES.items():
+        d = out / folder
+        if d.is_dir() and not d.is_symlink() and any(pattern.match(p.name) for p in d.iterdir()):
+            found.append(folder + "/")
     return found
+
+
+def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> list[str]:
+    """Refuse to start a new run over a previous one unless ``overwrite``; returns what the
+    previous run left (:func:`previous_run`).  Nothing is removed here: the drivers call
+    :func:`replace_previous_run` once every other argument has been checked."""
+    if resume and overwrite:
+        raise ArgumentError("overwrite", "cannot be combined with resume (continue the run, or replace it)")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError("output_dir", f"{str(out)!r} is a file, not a directory")
+    found = [] if resume else previous_run(out)
+    if found and not overwrite:
+        raise ArgumentError(
+            "output_dir",
+            f"{str(out)!r} holds a previous run ({', '.join(found)}); continue it with resume (--resume), "
+            "or replace it with overwrite (--overwrite: only the files bridgetower wrote are removed), "
+            "or choose another output directory",
+        )
+    return found
+
+
+def replace_previous_run(output_dir: str | Path) -> list[str]:
+    """Remove the files a previous run of the library wrote into ``output_dir`` (see
+    :func:`previous_run`; inside ``model/``, ``checkpoints/`` and ``tensorboard/`` only the
+    entries the library writes, then the folder when it is empty) and the leftovers of
+    interrupted writes.  Everything else stays.  Returns the removed paths, also logged."""
+    from .checkpoint import clean_interrupted_writes
+
+    out = Path(output_dir)
+    clean_interrupted_writes(out)
+    removed: list[str] = []
+    for name in RUN_FILES:
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    kept: list[str] = []
+    for folder, pattern in _FOLDER_FILES.items():
+        d = out / folder
+        if not d.is_dir() or d.is_symlink():
+            continue
+        for entry in sorted(d.iterdir()):
+            if not pattern.match(entry.name):
+                kept.append(f"{folder}/{entry.name}")
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+                removed.append(f"{folder}/{entry.name}/")
+            else:
+                entry.unlink()
+                removed.append(f"{folder}/{entry.name}")
+        if not any(d.iterdir()):
+            d.rmdir()
+    if removed:
+        logger.warning("replacing the previous run in %s: removed %s%s", out, ", ".join(removed),
+                       f"; kept {', '.join(kept)} (not written by bridgetower)" if kept else "")
+    return removed
+
+
+def load_run_config(output_dir: str | Path) -> dict[str, Any] | None:
+    """The ``run_config.json`` of a run directory (``None`` when there is none)."""
+    path = Path(output_dir) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        logger.warning("%s cannot be read (%s): the run's settings cannot be checked", path, e)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON would store them (tuples as lists, paths as strings, 1 == 1.0)."""
+    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+
+
+def resume_settings(recorded: Mapping[str, Any], given: Mapping[str, Any], *,
+                    flags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings of a resumed run: ``recorded`` (from its ``run_config.json``) for every
+    name of ``given``; a given value (not ``None``) that differs from the recorded one is an
+    :class:`ArgumentError` naming it (the run keeps its settings: its steps, schedule, batch,
+    seed and data decide where it stands).  A name the run did not record takes the given
+    value."""
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name not in recorded:
+            out[name] = value
+            continue
+        if value is not None and not _same(value, recorded[name]):
+            raise ArgumentError(
+                name,
+                f"the run was started with {recorded[name]!r}, not {value!r}; a resumed run keeps its "
+                "settings (leave the flag out, or start a new run in another output directory)",
+            )
+        out[name] = recorded[name]
+    return out
+
+
+def record_resume(output_dir: str | Path, run_config: dict[str, Any], *, step: int,
+                  changed: Mapping[str, tuple[Any, Any]]) -> None:
+    """Append ``{"step", "changed": {name: [before, now]}}`` to the ``resumes`` of
+    ``run_config.json`` (the settings a resumed run may change: device, trackers ...), with a
+    warning for each change."""
+    changes = {k: [a, b] for k, (a, b) in changed.items() if not _same(a, b)}
+    for k, (a, b) in changes.items():
+        logger.warning("resuming with %s %r (the run had %r)", k, b, a)
+    run_config.setdefault("resumes", []).append({"step": int(step), "changed": changes})
+    write_json(Path(output_dir) / RUN_CONFIG, run_config)
 
 
 def tokenizer_saver(tokenizer: Any) -> Callable[[Path], None]:

@@ -18,6 +18,8 @@ row 1).
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,10 @@ __all__ = ["build_pair_task_model", "build_unimodal_model", "load_pretrained_enc
 def load_source_model(pretrained: str | Path | nn.Module, overrides: Mapping[str, Any]) -> nn.Module:
     """The model to fine-tune from: ``pretrained`` itself when it is a module; else loaded
     (config ``overrides`` applied, e.g. ``{"vision.image_size": 384}``) as the task model its
-    saved config names, or as a pretraining model (HF / official checkpoints)."""
+    saved config names, or as a pretraining model (HF / official checkpoints).  A pickle
+    (``.ckpt``, ``.bin``) holding anything but tensors and plain containers is refused with a
+    ``ValueError`` naming it (pickles are read with ``torch.load(weights_only=True)``: no code
+    in them runs)."""
     from ..models import TASK_MODELS, BridgeTowerForPretraining
 
     if isinstance(pretrained, nn.Module):
@@ -48,7 +53,14 @@ def load_source_model(pretrained: str | Path | nn.Module, overrides: Mapping[str
         strict = ours
     else:
         cls, strict = BridgeTowerForPretraining, False
-    return cls.from_pretrained(p, strict=strict, **dict(overrides))
+    try:
+        return cls.from_pretrained(p, strict=strict, **dict(overrides))
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(e))
+        raise ValueError(
+            f"{pretrained}: refused: unpickling it would call {found.group(1) if found else 'code'}, not only "
+            "read tensors (load only checkpoints you trust; bridgetower never runs code from a pickle)"
+        ) from None
 
 
 @torch.no_grad()

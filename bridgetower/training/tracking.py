@@ -28,7 +28,6 @@ directory (offline runs have no summary file).
 from __future__ import annotations
 
 import abc
-import importlib
 import json
 import logging
 import math
@@ -39,6 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._optional import require
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "TrackerUnavailableError",
     "WandbTracker",
     "add_tracker_argument",
+    "check_trackers",
     "create_trackers",
     "parse_trackers",
     "read_wandb_run",
@@ -55,18 +57,13 @@ __all__ = [
 
 
 class TrackerUnavailableError(ImportError):
-    """A selected tracker's package is not installed."""
+    """A selected tracker's package is not installed, or the tracker cannot start (W&B
+    without an API key in online mode): the message says what to do."""
 
 
 def _require(module: str, tracker: str, package: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise TrackerUnavailableError(
-            f"the {tracker!r} tracker needs the {package!r} package, which is not installed "
-            f"({e}); install it with `pip install {package}` (or `pip install bridgetower[tracking]`), "
-            "or choose another --tracker"
-        ) from e
+    return require(module, "tracking", needed_for=f"the {tracker!r} tracker", package=package,
+                   hint="choose another --tracker", error=TrackerUnavailableError)
 
 
 def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
@@ -194,7 +191,19 @@ class WandbTracker(Tracker):
         }
         if mode is not None:
             kwargs["mode"] = mode
-        self._run = wandb.init(**kwargs)
+        try:
+            self._run = wandb.init(**kwargs)
+        except Exception as e:  # noqa: BLE001 - wandb.errors.* and what its service raises
+            # wandb keeps the settings of its first setup (mode, directories) in a process-wide
+            # singleton; tear it down so that a retry in this process reads the environment anew
+            teardown = getattr(wandb, "teardown", None)
+            if teardown is not None:
+                teardown()
+            raise TrackerUnavailableError(
+                f"the 'wandb' tracker cannot start ({type(e).__name__}: {str(e).strip() or 'no message'}); "
+                "log in with `wandb login` (or set WANDB_API_KEY), or log offline with WANDB_MODE=offline "
+                "and upload later with `wandb sync`, or choose another --tracker"
+            ) from e
 
     @property
     def run(self) -> Any:
@@ -250,6 +259,16 @@ def parse_trackers(spec: str | Iterable[str] | None) -> tuple[str, ...]:
     if names and "none" in parts:
         raise ValueError(f"tracker 'none' cannot be combined with {names}")
     return tuple(dict.fromkeys(names))
+
+
+def check_trackers(names: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The tracker names of ``names`` (:func:`parse_trackers`), once every selected tracker's
+    package is known to be installed (:class:`TrackerUnavailableError` otherwise).  The
+    drivers call it before they change anything on disk."""
+    selected = parse_trackers(names)
+    for name in selected:
+        _require(name, name, name)
+    return selected
 
 
 def create_trackers(

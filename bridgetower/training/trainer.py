@@ -36,17 +36,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_model
+from ..data.stats import SkipStats
+from .checkpoint import clean_interrupted_writes, load_checkpoint, save_checkpoint, save_model
 from .metrics import MetricsLogger, plot_metrics
 from .stream import BatchStream
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "Trainer", "TrainerConfig", "move_to_device", "seed_everything"]
+__all__ = ["MAX_EMPTY_BATCHES", "PRECISIONS", "Trainer", "TrainerConfig", "UnreadableDataError", "move_to_device",
+           "seed_everything"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
+#: Batches in a row in which every sample was skipped before the run stops: the data is then
+#: unreadable as a whole, not one bad sample at a time.
+MAX_EMPTY_BATCHES = 1000
+
 Objective = Callable[[nn.Module, Any], "tuple[torch.Tensor, Mapping[str, Any]]"]
+
+
+class UnreadableDataError(RuntimeError):
+    """Batch after batch without a usable sample: the training data cannot be read."""
 
 
 def seed_everything(seed: int) -> None:
@@ -130,8 +140,18 @@ class TrainerConfig:
         return d
 
 
+def _say(message: str, *args: Any, level: int = logging.INFO) -> None:
+    """Log ``message``; when nothing would show it (no handler configured anywhere, as in a
+    plain Python session), print it to stderr instead, so training is never silent."""
+    if logger.hasHandlers():
+        logger.log(level, message, *args)
+    else:
+        print(message % args if args else message, file=sys.stderr, flush=True)
+
+
 class _Progress:
-    """A tqdm bar on a terminal, log lines otherwise."""
+    """A tqdm bar on a terminal, log lines otherwise (printed to stderr when logging is not
+    configured: :func:`_say`)."""
 
     def __init__(self, total: int, initial: int, enabled: bool | None) -> None:
         if enabled is None:
@@ -152,7 +172,7 @@ class _Progress:
             self._bar.n = step
             self._bar.set_postfix(text, refresh=True)
         else:
-            logger.info("step %d/%d %s", step, self.total, " ".join(f"{k}={v}" for k, v in text.items()))
+            _say("step %d/%d %s", step, self.total, " ".join(f"{k}={v}" for k, v in text.items()))
 
     def close(self) -> None:
         if self._bar is not None:
@@ -207,9 +227,17 @@ class Trainer:
         self.extra_save = extra_save
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if getattr(self, "ctx", None) is None or self.ctx.is_main:  # one writer per run directory
+            clean_interrupted_writes(self.output_dir)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.step = 0
         self.history: list[dict] = []
+        #: samples skipped in the batches of this run (resumed runs included), by reason
+        self.skipped = SkipStats()
+        #: batches in which every sample was skipped (drawn again, not trained on)
+        self.skipped_batches = 0
+        self._window = _Window()
+        self._last_eval_step: int | None = None
         from .tracking import create_trackers
 
         trackers = create_trackers(
@@ -255,19 +283,36 @@ class Trainer:
             "step": self.step,
             "stream": self.stream.state_dict(),
             "config": self.config.to_json_dict(),
+            # what makes a resumed run's log the uninterrupted one's
+            "metrics_records": len(self.metrics.records),
+            "log_window": self._window.state_dict(),
+            "last_eval_step": self._last_eval_step,
+            "skipped": self.skipped.as_dict(),
+            "skipped_batches": self.skipped_batches,
         }
 
-    def resume(self, path: str | Path | None = None) -> int:
-        """Restore everything from a checkpoint (default: the newest one under the output
-        dir) and return the step to continue from."""
-        ckpt = find_checkpoint(path if path is not None else self.output_dir)
-        state = load_checkpoint(
-            ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
-        )
+    def _load_trainer_state(self, state: Mapping[str, Any]) -> None:
+        """The loop's state from a checkpoint's trainer state (older checkpoints lack the log
+        window and the counts: they restart empty)."""
         self.step = int(state["step"])
         self.stream.load_state_dict(state["stream"])
-        self.metrics.truncate_after(self.step)
-        logger.info("resumed from %s at step %d", ckpt, self.step)
+        self.metrics.truncate_after(self.step, records=state.get("metrics_records"))
+        self._window = _Window.from_state(state.get("log_window"))
+        self._last_eval_step = state.get("last_eval_step")
+        self.skipped = SkipStats()
+        self.skipped.add_counts(state.get("skipped") or {})
+        self.skipped_batches = int(state.get("skipped_batches", 0))
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Restore everything from a checkpoint (default: the newest usable one under the
+        output dir, see :func:`~bridgetower.training.checkpoint.read_checkpoint`) and return
+        the step to continue from."""
+        state = load_checkpoint(
+            path if path is not None else self.output_dir,
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+        )
+        self._load_trainer_state(state)
+        logger.info("resumed from %s at step %d", state["checkpoint_dir"], self.step)
         return self.step
 
     def save_checkpoint(self) -> Path:
@@ -303,7 +348,8 @@ class Trainer:
         np.random.set_state(np_state)
         record = self.metrics.log(self.step, values, split="eval")
         self.history.append(record)
-        logger.info("eval at step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        self._last_eval_step = self.step
+        _say("eval at step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
         return values
 
     # ----------------------------------------------------------------------------- train
@@ -323,6 +369,26 @@ class Trainer:
             out[k] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
         return out
 
+    def next_batch(self) -> Any:
+        """The next batch of the stream with at least one usable sample.  Skipped samples
+        (``batch["skipped"]``, per reason) are added to :attr:`skipped`; a batch in which
+        every sample was skipped is counted in :attr:`skipped_batches` and the next one is
+        drawn (:class:`UnreadableDataError` after :data:`MAX_EMPTY_BATCHES` in a row)."""
+        for _ in range(MAX_EMPTY_BATCHES):
+            batch = next(self.stream)
+            if not isinstance(batch, Mapping) or "skipped" not in batch:
+                return batch
+            self.skipped.add_counts(batch["skipped"])
+            if any(k != "skipped" for k in batch):
+                return batch
+            self.skipped_batches += 1
+            logger.warning("step %d: every sample of a batch was skipped (%s); drawing the next one",
+                           self.step + 1, self.skipped.summary())
+        raise UnreadableDataError(
+            f"{MAX_EMPTY_BATCHES} batches in a row had no usable sample ({self.skipped.summary()}): "
+            "the training data is unreadable"
+        )
+
     def train_step(self) -> dict[str, float]:
         """One optimizer step (``grad_accum_steps`` micro-batches); returns its metrics."""
         cfg = self.config
@@ -331,7 +397,7 @@ class Trainer:
         sums: dict[str, float] = {}
         n_samples = 0
         for _ in range(cfg.grad_accum_steps):
-            batch = next(self.stream)
+            batch = self.next_batch()
             n_samples += _batch_size(batch)
             for k, v in self._micro_step(batch).items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -362,53 +428,60 @@ class Trainer:
         """
         cfg = self.config
         self.history = []
-        if self.step == 0 and self.eval_fn is not None:
+        if self.step == 0 and self.eval_fn is not None and self._last_eval_step != 0:
             self.evaluate()
         bar = _Progress(cfg.max_steps, self.step, cfg.progress)
-        window: dict[str, float] = {}
-        window_steps = 0
-        window_samples = 0.0
+        window = self._window
         t0 = time.perf_counter()
+        timed_steps, timed_samples = 0, 0.0  # the rates count the steps of this call only
         done_this_call = 0
         try:
             while self.step < cfg.max_steps:
                 out = self.train_step()
                 done_this_call += 1
-                window_samples += out.pop("samples")
-                for k, v in out.items():
-                    window[k] = window.get(k, 0.0) + v
-                window_steps += 1
+                samples = out.pop("samples")
+                timed_steps, timed_samples = timed_steps + 1, timed_samples + samples
+                window.add(out)
                 last = self.step == cfg.max_steps
                 if self.step % cfg.log_every == 0 or last:
                     dt = max(time.perf_counter() - t0, 1e-9)
-                    values = {k: v / window_steps for k, v in window.items()}
+                    values = window.means()
                     values["lr"] = out["lr"]
-                    values["samples_per_s"] = window_samples / dt
-                    values["steps_per_s"] = window_steps / dt
+                    values["samples_per_s"] = timed_samples / dt
+                    values["steps_per_s"] = timed_steps / dt
                     self.history.append(self.metrics.log(self.step, values, split="train"))
                     bar.update(self.step, {k: values[k] for k in values if k.startswith(("loss", "acc")) or k in ("samples_per_s",)})
-                    window, window_steps, window_samples = {}, 0, 0.0
-                    t0 = time.perf_counter()
+                    window.reset()
+                    t0, timed_steps, timed_samples = time.perf_counter(), 0, 0.0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
                     self.evaluate()
-                    t0 = time.perf_counter()
+                    t0, timed_steps, timed_samples = time.perf_counter(), 0, 0.0
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
                     self.save_checkpoint()
                     self.metrics.flush()
-                    t0 = time.perf_counter()
+                    t0, timed_steps, timed_samples = time.perf_counter(), 0, 0.0
                 if stop_after is not None and done_this_call >= stop_after and not last:
                     return self.history
-            if self.eval_fn is not None:
+            if self.eval_fn is not None and self._last_eval_step != self.step:  # not again after a resume
                 self.evaluate()
             self.save_checkpoint()
             self.save_final_model()
             self.metrics.close()  # a finished run: close the trackers (the JSONL log stays usable)
+            self.report_skipped()
         finally:
             bar.close()
             self.metrics.flush()
         if cfg.plot:
             self.plot()
         return self.history
+
+    def report_skipped(self) -> str:
+        """Log (a warning when any) and return the skip counts of the run by reason."""
+        text = self.skipped.summary()
+        if self.skipped_batches:
+            text += f"; {self.skipped_batches} batch(es) had no usable sample and were drawn again"
+        _say(text, level=logging.WARNING if self.skipped.total else logging.INFO)
+        return text
 
     def save_final_model(self) -> Path:
         """Write the model (and ``extra_save`` files) to ``<output_dir>/model`` atomically."""
@@ -419,9 +492,13 @@ class Trainer:
         tmp = self.output_dir / f".model.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        save_model(self.model, tmp)
-        if self.extra_save is not None:
-            self.extra_save(tmp)
+        try:
+            save_model(self.model, tmp)
+            if self.extra_save is not None:
+                self.extra_save(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed write (a full disk) leaves nothing
+            raise
         if final.exists():
             old = self.output_dir / f".model.old-{os.getpid()}"
             os.replace(final, old)
@@ -438,6 +515,33 @@ class Trainer:
         except ImportError:
             logger.warning("matplotlib is not installed: no training_curves.png")
             return None
+
+
+class _Window:
+    """The metrics summed since the last training record (saved in checkpoints, so that the
+    first record after a resume averages the same steps as the uninterrupted run's)."""
+
+    def __init__(self, sums: Mapping[str, float] | None = None, steps: int = 0) -> None:
+        self.sums: dict[str, float] = dict(sums or {})
+        self.steps = int(steps)
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.steps for k, v in self.sums.items()}
+
+    def reset(self) -> None:
+        self.sums, self.steps = {}, 0
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "steps": self.steps}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> _Window:
+        return cls(state.get("sums"), state.get("steps", 0)) if state else cls()
 
 
 def _batch_size(batch: Any) -> int:

@@ -125,6 +125,28 @@ def test_training_noise_is_the_official_draw(name, weights, previous):
     torch.testing.assert_close(m(layers, *args), clean, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["static", "adaptive"])
+def test_training_keeps_no_stack_sized_tensor(name):
+    """The routing is recomputed in the backward: autograd keeps the managed stack itself
+    (shared by the stream's managers), not the noisy scores, the weights or the normalised
+    layers, each (B, N, L, D)."""
+    m = _manager(name, "vector", True).train()
+    layers, args = _inputs(name, True)
+    hat = standardize_layers(layers, m.eps).requires_grad_()
+    big = []
+
+    def pack(t):
+        if t.numel() >= hat.numel() and t.untyped_storage().data_ptr() != hat.untyped_storage().data_ptr():
+            big.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = m(hat, *args, standardized=True)
+    assert big == []
+    out.sum().backward()
+    assert hat.grad is not None and m.norms[0].weight.grad is not None
+
+
 def test_routing_matches_the_forward():
     m = _manager("adaptive", "vector", True).eval()
     layers, (prev, other) = _inputs("adaptive", True)

@@ -6,6 +6,22 @@ from __future__ import annotations
 import torch
 import transformers
 
+from bridgetower.models import (
+    BridgeTowerForContrastiveLearning,
+    BridgeTowerForImageAndTextRetrieval,
+    BridgeTowerForMaskedLM,
+    BridgeTowerModel,
+)
+
+#: task -> (the transformers class, ours)
+PAIRS = {
+    "base": (transformers.BridgeTowerModel, BridgeTowerModel),
+    "itm": (transformers.BridgeTowerForImageAndTextRetrieval, BridgeTowerForImageAndTextRetrieval),
+    "mlm": (transformers.BridgeTowerForMaskedLM, BridgeTowerForMaskedLM),
+    "contrastive": (transformers.BridgeTowerForContrastiveLearning, BridgeTowerForContrastiveLearning),
+}
+
+
 
 def hf_config(hidden=64, heads=4, text_layers=3, vision_layers=3, cross=2, link="add", vision_width=None, image=32,
               **vision_extra):

@@ -7,30 +7,23 @@ the same random-weight checkpoint.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import pytest
 import torch
 import transformers
-from hf_reference import batch, hf_config, perturbed  # tests/models/hf_reference.py
+from hf_reference import PAIRS, batch, hf_config, perturbed  # tests/models/hf_reference.py
 
 from bridgetower.kernels.attention_backends import api as attention_api
 from bridgetower.models import (
     TASK_MODELS,
-    BridgeTowerForContrastiveLearning,
     BridgeTowerForImageAndTextRetrieval,
-    BridgeTowerForMaskedLM,
     BridgeTowerForNLVR2,
     BridgeTowerModel,
+    build_wordlevel_tokenizer,
     create_model,
 )
-
-PAIRS = {
-    "base": (transformers.BridgeTowerModel, BridgeTowerModel),
-    "itm": (transformers.BridgeTowerForImageAndTextRetrieval, BridgeTowerForImageAndTextRetrieval),
-    "mlm": (transformers.BridgeTowerForMaskedLM, BridgeTowerForMaskedLM),
-    "contrastive": (transformers.BridgeTowerForContrastiveLearning, BridgeTowerForContrastiveLearning),
-}
 
 
 def pair(task, config=None, **load):
@@ -354,12 +347,16 @@ def test_transformers_trainer_fine_tunes_an_itm_model(tmp_path):
     labels = torch.tensor([1, 0] * 4)
     rows = [{"input_ids": ids[i], "attention_mask": mask[i], "pixel_values": px[i], "labels": labels[i]}
             for i in range(8)]
+    tensorboard = importlib.util.find_spec("tensorboard") is not None  # its callback logs model.config
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-        learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1,
-        disable_tqdm=True, dataloader_num_workers=0,
+        learning_rate=1e-3, report_to=["tensorboard"] if tensorboard else [], use_cpu=True, save_strategy="no",
+        logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+    # a tokenizer as processing_class: the Trainer aligns its special tokens with model.config.get_text_config()
+    tokenizer = build_wordlevel_tokenizer(["a", "cube"])
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows,
+                                   processing_class=tokenizer)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     result = trainer.train()
     assert result.global_step == 3 and torch.isfinite(torch.tensor(result.training_loss))
@@ -374,3 +371,46 @@ def test_transformers_trainer_fine_tunes_an_itm_model(tmp_path):
     assert abs(metrics["eval_loss"] - want.item()) < 1e-5
     predictions = trainer.predict(rows).predictions  # the logits alone, as for a transformers model
     assert predictions.shape == (8, 2) and torch.allclose(torch.from_numpy(predictions), logits, atol=1e-5)
+
+
+def test_transformers_trainer_checkpointing_saves_and_resumes(tmp_path):
+    # activation checkpointing as the Trainer turns it on; its checkpoints (the weights alone: our
+    # models are not transformers PreTrainedModels) load with from_pretrained(dir, config=...)
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    torch.manual_seed(0)
+    model = create_model("bridgetower-tiny", task="itm", fusion={"num_layers": 2})
+    ids, mask, px = batch(b=4, image=32, vocab=60)
+    rows = [{"input_ids": ids[i], "attention_mask": mask[i], "pixel_values": px[i], "labels": torch.tensor(i % 2)}
+            for i in range(4)]
+    args = dict(per_device_train_batch_size=2, learning_rate=1e-3, report_to=[], use_cpu=True, disable_tqdm=True,
+                save_strategy="steps", save_steps=2, activation_checkpointing=True)
+    trainer = transformers.Trainer(model=model, train_dataset=rows,
+                                   args=transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, **args))
+    trainer.train()
+    assert model.is_activation_checkpointing
+    model.eval()
+    with torch.no_grad():
+        want = model(ids, mask, px).logits
+    saved = BridgeTowerForImageAndTextRetrieval.from_pretrained(tmp_path / "checkpoint-2", config=model.config)
+    with torch.no_grad():
+        close(saved(ids, mask, px).logits, want, 1e-6)
+    trainer.save_model(str(tmp_path / "final"))
+    base = BridgeTowerModel.from_pretrained(tmp_path / "final", config=model.config)  # the encoder of the task model
+    with torch.no_grad():
+        close(base(ids, mask, px).pooler_output, model.bridgetower(ids, mask, px).pooler_output, 1e-6)
+    with pytest.raises(FileNotFoundError, match="must be a checkpoint directory"):
+        BridgeTowerModel.from_pretrained(tmp_path / "nothing", config=model.config)
+    with pytest.raises(TypeError, match="config must be"):
+        BridgeTowerModel.from_pretrained(tmp_path / "final", config={"hidden_size": 8})
+    # resuming from the Trainer's checkpoint continues where it stopped
+    again = transformers.Trainer(model=create_model("bridgetower-tiny", task="itm", fusion={"num_layers": 2}),
+                                 train_dataset=rows,
+                                 args=transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=3, **args))
+    assert again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2")).global_step == 3
+    with pytest.raises(ValueError, match="every_n_layers=2"):
+        model.activation_checkpointing_enable(every_n_layers=2)
+    with pytest.raises(ValueError, match="use_reentrant=False"):
+        model.gradient_checkpointing_enable({"use_reentrant": True})
+    model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.activation_checkpointing_disable()
+    assert not model.is_gradient_checkpointing

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 import transformers
-from hf_reference import batch, hf_config, perturbed  # tests/models/hf_reference.py
+from hf_reference import PAIRS, batch, hf_config, perturbed  # tests/models/hf_reference.py
 
 from bridgetower.models import (
     BridgeTowerForContrastiveLearning,
@@ -29,13 +29,6 @@ from bridgetower.models.convert import (
     convert_to_hf_state_dict,
     load_converted_state_dict,
 )
-
-PAIRS = {
-    "base": (transformers.BridgeTowerModel, BridgeTowerModel),
-    "itm": (transformers.BridgeTowerForImageAndTextRetrieval, BridgeTowerForImageAndTextRetrieval),
-    "mlm": (transformers.BridgeTowerForMaskedLM, BridgeTowerForMaskedLM),
-    "contrastive": (transformers.BridgeTowerForContrastiveLearning, BridgeTowerForContrastiveLearning),
-}
 
 
 def outputs(task, model, ids, mask, px, hf):

@@ -135,6 +135,8 @@ def test_every_manager_variant_reproduces_its_outputs(variant, official_state_di
     save_file(sd, str(path))
     meta = {**json.loads((DATA / "config.json").read_text()),
             "mt_config": json.loads((vdir / "config.json").read_text())["mt_config"]}
+    with pytest.raises(ValueError, match="no official ManagerTower config found"):
+        load_official_checkpoint(BridgeTowerForPretraining, path)  # a bare state dict names no config
     model = load_official_checkpoint(BridgeTowerForPretraining, path, config_json=meta)
     assert model.load_report.ok
     kind, weights = variant.split("_")
@@ -142,6 +144,22 @@ def test_every_manager_variant_reproduces_its_outputs(variant, official_state_di
         {"SAUE": "static", "AAUE": "adaptive"}[kind], weights)
     got = _compare(model, inputs, load_file(str(vdir / "outputs.safetensors")), normed=False)
     assert all(k in got for k in MAIN)
+
+
+def test_ckpt_alone_reads_its_hyper_parameters(tmp_path, inputs):
+    """Without config.json beside it, the config comes from the .ckpt's hyper_parameters, which
+    hold no tower config: the text heads are then width // 64 (roberta-base's), overridable."""
+    path = tmp_path / "mt.ckpt"
+    path.symlink_to(CKPT)
+    model = load_official_checkpoint(BridgeTowerForPretraining, path)
+    assert model.load_report.ok and model.config.manager == ManagerConfig(text_layers=3, image_layers=3)
+    assert (model.config.text.num_heads, model.config.fusion.num_heads) == (1, 4)  # the tiny tower has 4
+    model = load_official_checkpoint(BridgeTowerForPretraining, path, **{"text.num_heads": 4}).eval()
+    ref = load_file(str(DATA / "outputs.safetensors"))
+    with torch.no_grad():
+        out = model(inputs["text_ids"], inputs["text_masks"], inputs["pixel_values"])
+    torch.testing.assert_close(out.mlm_logits, ref["mlm_logits"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.encoder_output.pooler_output, ref["cls_feats"], rtol=0, atol=1e-5)
 
 
 def test_rename_table_covers_every_key(official_state_dict):
@@ -302,3 +320,21 @@ def test_pretraining_step_declarations_and_noise():
         enc.fuse(enc.encode_text(ids), enc.encode_image(batch["pixel_values"]), output_attentions=True)
     with pytest.raises(ValueError, match="fuse expects 3 text and 3 image states"):
         enc.fuse(enc.encode_text(ids)[:2], enc.encode_image(batch["pixel_values"]))
+
+
+def test_pretrain_driver_trains_a_managertower(tmp_path):
+    """``bridgetower pretrain --model managertower-tiny``'s driver, a few demo steps: the loss
+    falls and the saved model reloads as a ManagerTower (the demo's accuracies: docs)."""
+    from bridgetower.training.pretrain import pretrain
+    from bridgetower.training.recipes import PRETRAIN_RECIPES
+    from bridgetower.training.run import load_saved_model
+
+    recipe = PRETRAIN_RECIPES["demo"].replace(steps=12, batch_size=4, warmup=2, eval_every=0, checkpoint_every=0,
+                                              log_every=4)
+    summary = pretrain(tmp_path, model="managertower-tiny", recipe=recipe, eval_size=4, progress=False)
+    assert summary["steps"] == 12
+    losses = [json.loads(line).get("loss") for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [x for x in losses if x is not None]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    again = load_saved_model(tmp_path / "model")
+    assert isinstance(again.bridgetower, ManagerTowerModel) and again.config.manager.kind == "adaptive"

@@ -53,3 +53,21 @@ def test_entry_points_refuse_bad_inputs(models, change, error, message):
     if px.shape[0] and ids.shape[0]:
         with pytest.raises(error, match=message):
             ours.score(px, ids, mask)  # the scoring path checks the same
+
+
+def test_downstream_entry_points_check_their_own_arguments():
+    from bridgetower.models import create_model
+
+    ids, mask, px = batch(vocab=60)
+    nlvr2 = create_model("bridgetower-tiny", task="nlvr2", fusion={"num_layers": 2}).eval()
+    with pytest.raises(ValueError, match=r"batch sizes differ: input_ids \(3, 10\) and each image \(2, 3, 32, 32\)"):
+        nlvr2(ids, mask, px[:2], pixel_values_2=px[:2])
+    with pytest.raises(TypeError, match="pixel_values_2 must be a tensor, got list"):
+        nlvr2(ids, mask, px, pixel_values_2=px.tolist())
+    with pytest.raises(TypeError, match="pixel_values must be floating point"):
+        nlvr2(ids, mask, px, pixel_values_2=px.to(torch.uint8))
+    irtr = create_model("bridgetower-tiny", task="irtr", fusion={"num_layers": 2}).eval()
+    with pytest.raises(ValueError, match=r"attention_mask must have the shape of input_ids \(3, 1, 10\)"):
+        irtr(ids[:, None], mask[:, None, :4], px)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        irtr(ids[:, None] + 60, mask[:, None], px)

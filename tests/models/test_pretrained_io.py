@@ -57,6 +57,12 @@ def test_transformers_keywords(itm_dir):
     for device_map in ("cpu", torch.device("cpu"), "auto" if not torch.cuda.is_available() else "cpu", {"": "cpu"}):
         assert BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, device_map=device_map).device.type == "cpu"
     assert BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, attn_backend="math").config.attn_backend == "math"
+    eager = BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, attn_implementation="eager")
+    assert eager.config.attn_backend == "math" and (_logits(eager) - ref).abs().max() < 1e-5
+    with pytest.raises(ValueError, match=r"takes \['eager', 'sdpa'\]"):
+        BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, attn_implementation="flash_attention_2")
+    with pytest.raises(ValueError, match="disagree"):
+        BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, attn_implementation="sdpa", attn_backend="math")
     with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['low_cpu_mem_usage'\]. Valid: strict, .*revision"):
         BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, low_cpu_mem_usage=True)
     with pytest.raises(ValueError, match="one device"):
@@ -65,6 +71,15 @@ def test_transformers_keywords(itm_dir):
         BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, dtype=torch.int64)
     with pytest.raises(ValueError, match="disagree"):
         BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, dtype="float32", torch_dtype="float16")
+    same = BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, dtype=torch.float32, torch_dtype="float32")
+    assert same.dtype == torch.float32  # one dtype, two spellings
+    with pytest.raises(ValueError, match="torch_dtype must be"):
+        BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, torch_dtype="int8")
+    # the forward defaults transformers keeps on its config
+    configured = BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, output_hidden_states=True, return_dict=False)
+    assert configured.config.output_hidden_states and configured.config.return_dict is False
+    with pytest.raises(TypeError, match="output_attentions must be True, False or None"):
+        BridgeTowerForImageAndTextRetrieval.from_pretrained(itm_dir, output_attentions="yes")
 
 
 def test_a_local_looking_path_that_does_not_exist_fails_at_once(tmp_path, monkeypatch):

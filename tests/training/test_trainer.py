@@ -6,76 +6,18 @@ import json
 
 import pytest
 import torch
-from torch import nn
+from toy_training import Toy as _Toy  # tests/training/toy_training.py
+from toy_training import ToyData as _Data
+from toy_training import make_trainer as _make
+from toy_training import toy_collate as _collate
+from toy_training import toy_eval as _eval
+from toy_training import toy_objective as _objective
 
 from bridgetower.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from bridgetower.training.metrics import read_jsonl
-from bridgetower.training.optim import build_optimizer, build_scheduler
+from bridgetower.training.optim import build_optimizer
 from bridgetower.training.stream import BatchStream
 from bridgetower.training.trainer import Trainer, TrainerConfig, seed_everything
-
-
-class _Toy(nn.Module):
-    """Dropout (global RNG) + a cross-modal-named part + a head."""
-
-    def __init__(self):
-        super().__init__()
-        self.text_model = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Dropout(0.2))
-        self.cross_modal_text_transform = nn.Linear(8, 8)
-        self.norm = nn.LayerNorm(8)
-        self.itm_score = nn.Linear(8, 1)
-
-    def forward(self, x):
-        return self.itm_score(self.norm(self.cross_modal_text_transform(self.text_model(x))))[:, 0]
-
-
-class _Data:
-    def __len__(self):
-        return 10  # 10 // 4 = 2 full batches per epoch: several epochs in a short run
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        x = torch.randn(6, generator=g)
-        return x, x.sum().tanh()
-
-
-def _collate(samples, generator=None):
-    x = torch.stack([s[0] for s in samples])
-    y = torch.stack([s[1] for s in samples])
-    noise = torch.randn(x.shape, generator=generator) * 0.1  # per-batch randomness
-    return {"x": x + noise, "y": y, "flip": torch.rand(len(samples)) < 0.5}  # + global RNG
-
-
-def _objective(model, batch):
-    pred = model(batch["x"])
-    target = torch.where(batch["flip"], -batch["y"], batch["y"])
-    loss = ((pred - target) ** 2).mean()
-    return loss, {"acc_sign": ((pred > 0) == (target > 0)).float().mean()}
-
-
-def _make(tmp_path, name, *, max_steps=6, precision="fp32", accum=2, eval_fn=None, **kw):
-    seed_everything(123)
-    model = _Toy()
-    opt = build_optimizer(model, lr=1e-2)
-    sched = build_scheduler(opt, total_steps=max_steps, warmup=2)
-    stream = BatchStream(_Data(), _collate, 4, seed=7)
-    cfg = TrainerConfig(
-        output_dir=tmp_path / name,
-        max_steps=max_steps,
-        grad_accum_steps=accum,
-        max_grad_norm=0.5,
-        precision=precision,
-        log_every=1,
-        progress=False,
-        plot=False,
-        **kw,
-    )
-    return Trainer(model, _objective, opt, stream, cfg, scheduler=sched, eval_fn=eval_fn)
-
-
-def _eval(model):
-    torch.rand(3)  # evaluation that consumes RNG must not change the training run
-    return {"acc_eval": 0.5}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -23,8 +23,10 @@ __all__ = ["XFormersBackend"]
 @functools.cache
 def _xformers_import_problem() -> str | None:
     """None when ``xformers.ops`` imports, else why not (checked once, lazily)."""
+    from ..._optional import require
+
     try:
-        import xformers.ops  # noqa: F401
+        require("xformers.ops", "xformers", needed_for="the 'xformers' attention backend")
     except Exception as exc:  # ImportError, or a wheel/torch mismatch failing at import
         return f"xformers is not importable ({type(exc).__name__}: {exc})"
     return None

@@ -36,7 +36,9 @@ from .sources import HubOptions, hub_error, hub_locator, local_locator, looks_lo
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ATTN_IMPLEMENTATIONS",
     "LOAD_KEYWORDS",
+    "RUNTIME_DEFAULTS",
     "LoadReport",
     "all_head_names",
     "encoder_prefix",
@@ -134,8 +136,6 @@ def load_converted_state_dict(
     return report
 
 
-
-
 def all_head_names() -> set[str]:
     """The head attributes of every registered task model (``itm_score``, ``vqa_classifier`` ...)."""
     from ..tasks import TASK_MODELS
@@ -201,11 +201,18 @@ def load_official_checkpoint(
     return model
 
 
+#: The run-time defaults of ``forward`` that ``transformers`` keeps on its configs: ``from_pretrained``
+#: keywords, and read from a ``transformers`` config, set on ``model.config`` (see ``ModelConfig``).
+RUNTIME_DEFAULTS: dict[str, bool] = {"output_hidden_states": False, "output_attentions": False, "return_dict": True}
+
 #: The keywords of ``from_pretrained`` besides config overrides (``transformers``' names).
 LOAD_KEYWORDS: tuple[str, ...] = (
-    "strict", "config_json", "revision", "cache_dir", "local_files_only", "token", "force_download",
-    "dtype", "torch_dtype", "device_map", "mask_image_padding",
+    "strict", "config", "config_json", "revision", "cache_dir", "local_files_only", "token", "force_download",
+    "dtype", "torch_dtype", "device_map", "attn_implementation", "mask_image_padding", *RUNTIME_DEFAULTS,
 )
+
+#: ``transformers``' ``attn_implementation`` values and our attention backend for each
+ATTN_IMPLEMENTATIONS: dict[str, str] = {"eager": "math", "sdpa": "sdpa"}
 
 
 def load_pretrained(
@@ -213,6 +220,7 @@ def load_pretrained(
     source: Any,
     *,
     strict: bool = True,
+    config: Any = None,
     config_json: Any = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
@@ -222,7 +230,11 @@ def load_pretrained(
     dtype: Any = None,
     torch_dtype: Any = None,
     device_map: Any = None,
+    attn_implementation: str | None = None,
     mask_image_padding: bool | None = None,
+    output_hidden_states: bool | None = None,
+    output_attentions: bool | None = None,
+    return_dict: bool | None = None,
     **overrides: Any,
 ):
     """Build ``cls`` and load ``source`` (see :meth:`from_pretrained` of the models).
@@ -237,23 +249,48 @@ def load_pretrained(
     ``token``, ``force_download`` for Hub downloads; ``dtype`` (alias ``torch_dtype``; a
     ``torch.dtype``, its name, or ``"auto"`` for the checkpoint's); ``device_map`` (one device:
     ``"cpu"``, ``"cuda:0"``, an index, a ``torch.device``, or ``"auto"`` = the first GPU if
-    any, else the CPU); ``mask_image_padding`` (default: ``False`` for ``transformers`` and
-    official checkpoints, the saved setting for ours, ``True`` for ours written before the
-    option existed).  Other keywords are config overrides (e.g. ``attn_backend``); anything
-    else raises ``TypeError`` listing the valid keywords.  The returned model has
+    any, else the CPU); ``attn_implementation`` (``"eager"`` = our ``attn_backend="math"``,
+    ``"sdpa"``); ``config`` (ours or a ``transformers`` ``BridgeTowerConfig``: the
+    architecture, instead of the directory's ``config.json``, which may then be absent -- what
+    ``transformers.Trainer.save_model`` writes for our models is the weights alone);
+    ``mask_image_padding`` (default: ``False`` for ``transformers`` and official checkpoints,
+    the saved setting for ours, ``True`` for ours written before the option existed);
+    ``output_hidden_states`` / ``output_attentions`` / ``return_dict`` (the defaults of
+    ``forward``, set on ``model.config`` as ``transformers`` does; a ``transformers`` config's own
+    values of them are carried over too).  Other keywords are config overrides (e.g.
+    ``attn_backend``); anything else raises ``TypeError`` listing the valid keywords.  The returned model has
     ``load_report`` (:class:`LoadReport`).
     """
     _check_override_keys(overrides)
+    if attn_implementation is not None:
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={attn_implementation!r}: bridgetower takes {sorted(ATTN_IMPLEMENTATIONS)} here "
+                "(or attn_backend=, one of its own attention backends)"
+            )
+        backend = ATTN_IMPLEMENTATIONS[attn_implementation]
+        if overrides.setdefault("attn_backend", backend) != backend:
+            raise ValueError(f"attn_implementation={attn_implementation!r} and attn_backend={overrides['attn_backend']!r} "
+                             "disagree")
     dtype = _resolve_dtype(dtype, torch_dtype)
     device = _resolve_device(device_map)
     if mask_image_padding is not None and not isinstance(mask_image_padding, bool):
         raise TypeError(f"mask_image_padding must be True, False or None, got {mask_image_padding!r}")
     hub = HubOptions(revision, cache_dir, local_files_only, token, force_download)
-    model = _load(cls, source, strict, config_json, hub, overrides)
+    if config is not None:
+        model = _load_with_config(cls, source, config, strict, hub, overrides)
+    else:
+        model = _load(cls, source, strict, config_json, hub, overrides)
     if isinstance(source, (str, Path)):
         model.name_or_path = str(source)  # transformers' name; save_pretrained copies its tokenizer files
     if mask_image_padding is not None:
         model.set_image_padding_mask(mask_image_padding)
+    for name, value in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions),
+                        ("return_dict", return_dict)):
+        if value is not None:
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True, False or None, got {value!r}")
+            setattr(model.config, name, value)
     if dtype == "auto":
         dtype = model.load_report.dtype
     if dtype is not None or device is not None:
@@ -326,6 +363,10 @@ def _load_directory(cls, meta: dict, locate, where: str, strict: bool, overrides
 def _load_hf(cls, hf_config, sd, strict, overrides):
     config = config_from_hf(hf_config)
     model = _build_and_load(cls, config, convert_hf_state_dict(sd, encoder_prefix=encoder_prefix(cls)), strict, overrides)
+    for name, default in RUNTIME_DEFAULTS.items():  # what transformers' forward would default to
+        value = hf_field(hf_config, name, default)
+        if isinstance(value, bool) and value != default:
+            setattr(model.config, name, value)
     if hf_field(hf_config, "tie_word_embeddings", False) and hasattr(model, "mlm_score"):
         # transformers ties the MLM decoder to the word embeddings when the config says so
         model.mlm_score.tie_weights(model.bridgetower.text_model.word_embeddings.weight)
@@ -369,16 +410,19 @@ _DTYPE_NAMES = {
 
 
 def _resolve_dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | str | None:
-    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+    """``dtype`` (or its old name ``torch_dtype``) as a floating ``torch.dtype``, ``"auto"`` or None."""
+    new, old = _one_dtype(dtype, "dtype"), _one_dtype(torch_dtype, "torch_dtype")
+    if new is not None and old is not None and new != old:
         raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree (torch_dtype is the old name)")
-    dtype = dtype if dtype is not None else torch_dtype
+    return new if new is not None else old
+
+
+def _one_dtype(dtype: Any, name: str) -> torch.dtype | str | None:
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPE_NAMES:
         return _DTYPE_NAMES[dtype.removeprefix("torch.")]
-    raise ValueError(
-        f"dtype must be a floating torch.dtype, one of {sorted(_DTYPE_NAMES)} or 'auto', got {dtype!r}"
-    )
+    raise ValueError(f"{name} must be a floating torch.dtype, one of {sorted(_DTYPE_NAMES)} or 'auto', got {dtype!r}")
 
 
 def _resolve_device(device_map: Any) -> torch.device | None:
@@ -401,13 +445,19 @@ def _resolve_device(device_map: Any) -> torch.device | None:
             f"device_map must be 'auto', a device ('cpu', 'cuda:0', an index, a torch.device) or "
             f"{{'': device}}, got {device_map!r}"
         ) from None
+
+
 def _retarget(sd: Mapping[str, torch.Tensor], saved_task: str | None, cls: type) -> dict[str, torch.Tensor]:
     """Our own checkpoint saved from one task model, loaded into another: move the encoder prefix."""
     from ..task_base import normalize_task_name
     from ..tasks import TASK_MODELS
 
     saved_cls = TASK_MODELS.get(normalize_task_name(saved_task or "base"), cls)
-    src, dst = encoder_prefix(saved_cls), encoder_prefix(cls)
+    return _move_encoder_prefix(sd, encoder_prefix(saved_cls), encoder_prefix(cls))
+
+
+def _move_encoder_prefix(sd: Mapping[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+    """Encoder keys from under ``src`` to under ``dst`` (``""`` or ``"bridgetower."``); heads stay."""
     if src == dst:
         return dict(sd)
     out = {}
@@ -419,6 +469,39 @@ def _retarget(sd: Mapping[str, torch.Tensor], saved_task: str | None, cls: type)
         else:
             out[k] = v
     return out
+
+
+# keys that only a transformers BridgeTower state dict has (ours are ``fusion.*``)
+_HF_ONLY_KEYS = ("cross_modal_text_layers.", "bridgetower.cross_modal_text_layers.")
+
+
+def _load_with_config(cls, source, config, strict: bool, hub: HubOptions, overrides):
+    """``from_pretrained(source, config=...)``: the weights of ``source`` (a directory or Hub
+    repository; our key names, as ``state_dict()`` gives them, or ``transformers``' ones) into
+    ``cls(config)``; the directory's ``config.json`` is not read."""
+    if not isinstance(config, BridgeTowerConfig):
+        if hf_field(config, "model_type") != "bridgetower":
+            raise TypeError(
+                f"config must be a bridgetower BridgeTowerConfig or a transformers BridgeTowerConfig, got "
+                f"{type(config).__name__}"
+            )
+        config = config_from_hf(config)
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"with config=, the source is a checkpoint directory or Hub id, got {type(source).__name__}")
+    name = str(source)
+    if Path(name).is_dir():
+        locate = local_locator(Path(name))
+    elif looks_local(name) or Path(name).is_file():
+        raise FileNotFoundError(f"with config=, {name!r} must be a checkpoint directory (no such directory)")
+    else:
+        locate = hub_locator(name, hub)
+    sd = read_weights(locate, name)
+    if any(k.startswith(_HF_ONLY_KEYS) for k in sd):
+        converted = convert_hf_state_dict(sd, encoder_prefix=encoder_prefix(cls))
+    else:
+        saved = "bridgetower." if any(k.startswith("bridgetower.") for k in sd) else ""
+        converted = ConvertedStateDict(_move_encoder_prefix(sd, saved, encoder_prefix(cls)))
+    return _build_and_load(cls, config, converted, strict, overrides)
 
 
 def _build_and_load(cls, config, converted, strict, overrides):

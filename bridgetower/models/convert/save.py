@@ -210,11 +210,24 @@ def _save_processor(model: nn.Module, directory: Path, processor: Any, tokenizer
         return
     source = getattr(model, "name_or_path", None)
     if source and Path(source).is_dir() and Path(source).resolve() != directory.resolve():
+        if _vocab_size_of(Path(source)) not in (None, model.config.text.vocab_size):
+            logger.info("not copying the tokenizer of %s: the model's vocabulary has changed since", source)
+            return
         copied = [f for f in TOKENIZER_FILES if (Path(source) / f).is_file()]
         for f in copied:
             shutil.copyfile(Path(source) / f, directory / f)
         if copied:
             logger.info("copied the tokenizer files of %s: %s", source, copied)
+
+
+def _vocab_size_of(directory: Path) -> int | None:
+    """The text vocabulary size in a checkpoint directory's ``config.json`` (ours or HF)."""
+    try:
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    text = meta.get("config", {}).get("text", {}) if meta.get("format") == FORMAT_NAME else meta.get("text_config") or {}
+    return text.get("vocab_size")
 
 
 def push_to_hub(

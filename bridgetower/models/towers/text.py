@@ -165,13 +165,7 @@ class TransformersTextEncoder(nn.Module):
                 f"position table allows (max_position_embeddings={self.config.max_position_embeddings}); "
                 "truncate the texts (the processor does by default: truncation=True)"
             )
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"input_ids holds the id {bad}, outside the vocabulary [0, {self.config.vocab_size}) "
-                "(vocab_size); was the text tokenized with this model's tokenizer?"
-            )
+        empty_rows = None
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor):
                 raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
@@ -180,12 +174,22 @@ class TransformersTextEncoder(nn.Module):
                     f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
                     f"{tuple(input_ids.shape)}"
                 )
-            empty = (attention_mask == 0).all(dim=1).nonzero().flatten().tolist()
-            if empty:
-                raise ValueError(
-                    f"attention_mask is all zeros for text(s) {empty[:10]}: an empty text has no "
-                    "token to attend to (the tokenizer adds <s> ... </s> even to an empty string)"
-                )
+            empty_rows = (attention_mask == 0).all(dim=1)  # (B,)
+        # one host synchronisation for all the value checks
+        stats = [input_ids.min(), input_ids.max()] + ([empty_rows.any()] if empty_rows is not None else [])
+        lo, hi, *any_empty = torch.stack([t.to(torch.int64) for t in stats]).tolist()
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"input_ids holds the id {bad}, outside the vocabulary [0, {self.config.vocab_size}) "
+                "(vocab_size); was the text tokenized with this model's tokenizer?"
+            )
+        if any_empty and any_empty[0]:
+            empty = empty_rows.nonzero().flatten().tolist()
+            raise ValueError(
+                f"attention_mask is all zeros for text(s) {empty[:10]}: an empty text has no "
+                "token to attend to (the tokenizer adds <s> ... </s> even to an empty string)"
+            )
 
     def forward(
         self,

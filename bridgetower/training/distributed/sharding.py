@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ShardedBatchStream", "shard_batch", "shard_range"]
 
+#: Keys that describe the whole global batch and are never split: ``skipped`` (the counts of
+#: the samples the collator dropped, per reason; every rank sees the same counts).
+_WHOLE_KEYS = frozenset({"skipped"})
+
 
 def shard_range(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of a global batch of ``batch_size`` kept by ``rank``."""
@@ -37,7 +41,7 @@ def shard_range(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
 def _global_rows(batch: Mapping[str, Any], special: set[str]) -> int:
     """The global batch size: the leading size of the first pair-row tensor (not an image
     or index key), else of the first tensor."""
-    tensors = [(k, v) for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim > 0]
+    tensors = [(k, v) for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim > 0 and k not in _WHOLE_KEYS]
     for key, value in tensors:
         if key not in special:
             return int(value.shape[0])
@@ -86,13 +90,16 @@ def shard_batch(
     With a ``spec`` (the model's :class:`~bridgetower.models.BatchSpec`), its image keys keep
     the same rows followed by the images that this shard's image-index keys point to in
     other shards (in increasing order), and the image-index keys are renumbered into these
-    local rows.  Without a spec every key is split by rows.  With ``mlm_labels`` the key
+    local rows.  Without a spec every key is split by rows (except ``skipped``, the skip
+    counts of the whole batch, which every rank keeps).  With ``mlm_labels`` the key
     ``mlm_normalizer`` (a float32 scalar: masked tokens of the global batch / ``W``, at least
     ``1/W``) is added: the objective divides the summed MLM token losses of the shard by it.
     ``world_size=1`` returns the batch with only ``mlm_normalizer`` added.
     """
     if not isinstance(batch, Mapping):
         raise TypeError(f"shard_batch expects a dict batch, got {type(batch).__name__}")
+    if all(k in _WHOLE_KEYS for k in batch):  # every sample skipped: nothing to split
+        return dict(batch)
     image_keys = tuple(spec.image_keys) if spec is not None else ()
     index_keys = tuple(spec.image_index_keys) if spec is not None else ()
     b = _global_rows(batch, set(image_keys) | set(index_keys))
@@ -100,7 +107,9 @@ def shard_batch(
     extra, local_index = _local_images(batch, index_keys, b, start, stop)
     out: dict[str, Any] = {}
     for key, value in batch.items():
-        if key in local_index:
+        if key in _WHOLE_KEYS:
+            out[key] = value
+        elif key in local_index:
             out[key] = local_index[key]
         elif isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == b:
             part = value[start:stop]

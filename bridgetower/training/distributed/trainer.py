@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -21,13 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import (
-    CHECKPOINTS_DIR,
-    TRAINER_STATE,
-    TRAINING_STATE,
-    find_checkpoint,
-    restore_rng_state,
-)
+from ..checkpoint import CHECKPOINTS_DIR, read_checkpoint, restore_rng_state
 from ..trainer import Trainer, TrainerConfig
 from .parallel import ParallelModel
 from .process_group import all_reduce_mean, barrier
@@ -54,7 +47,7 @@ class _NullMetrics:
     def log(self, step: int, values: Mapping[str, float], *, split: str = "train") -> dict:
         return {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int, *, records: int | None = None) -> None:
         pass
 
     def flush(self) -> None:
@@ -181,26 +174,16 @@ class DistributedTrainer(Trainer):
         barrier()
         if not self._sharded:
             return super().resume(path)
-        from safetensors.torch import load_file
-
-        ckpt = find_checkpoint(path if path is not None else self.output_dir)
-        state: dict[str, torch.Tensor] = {}
-        for f in sorted(ckpt.glob("*.safetensors")):
-            state.update(load_file(str(f)))
-        if not state:
-            raise FileNotFoundError(f"no *.safetensors weights in {ckpt}")
-        load_full_model_state_dict(self.model, state)
-        blob = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=True)
+        data = read_checkpoint(path if path is not None else self.output_dir)
+        load_full_model_state_dict(self.model, data.model_state)
+        blob = data.blob
         load_canonical_optimizer_state_dict(self.model, self.optimizer, blob["optimizer"])
         if self.scheduler is not None and blob.get("scheduler"):
             self.scheduler.load_state_dict(blob["scheduler"])
         if self.scaler is not None and blob.get("scaler"):
             self.scaler.load_state_dict(blob["scaler"])
-        with open(ckpt / TRAINER_STATE, encoding="utf-8") as f:
-            tstate = json.load(f)
-        restore_rng_state(blob["rng"], tstate["rng"])
-        self.step = int(tstate["step"])
-        self.stream.load_state_dict(tstate["stream"])
-        self.metrics.truncate_after(self.step)
+        restore_rng_state(blob["rng"], data.trainer_state["rng"])
+        self._load_trainer_state(data.trainer_state)
+        ckpt = data.directory
         logger.info("resumed from %s at step %d", ckpt, self.step)
         return self.step
