@@ -12,6 +12,9 @@ Usage::
     bridgetower pretrain                                   # once: the demo checkpoint
     python benchmarks/downstream_synthetic.py --pretrained runs/demo
     python benchmarks/downstream_synthetic.py --tasks vqa nlvr2 --steps 100   # quicker
+    bridgetower pretrain --model managertower-tiny --output-dir runs/demo-mt   # ManagerTower
+    python benchmarks/downstream_synthetic.py --pretrained runs/demo-mt --model managertower-tiny \
+        --out runs/downstream_synthetic_mt
 
 This is a script, not a pytest-benchmark suite: each run takes about a minute on a 2-core CPU
 (the NLVR2-style runs, 600 steps, about four).
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=list(_METRIC_LABEL), choices=sorted(TASKS),
                    help="tasks to run (default: the four vision-language tasks)")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's steps (default: the synthetic recipe)")
+    p.add_argument("--model", default="bridgetower-tiny",
+                   help="configuration of the from-scratch runs (default: bridgetower-tiny; the pretrained runs "
+                   "take the checkpoint's); managertower-tiny for ManagerTower")
     p.add_argument("--seed", type=int, default=0, help="seed of both runs of a task (default: 0)")
     p.add_argument("--eval-size", type=int, default=512, help="held-out items per task (default: 512)")
     p.add_argument("--retrieval-size", type=int, default=64, help="held-out scenes for recall@k (default: 64)")
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t = time.perf_counter()
             summary = finetune(task, out / f"{task}-{init}", pretrained=source, recipe=recipe, seed=args.seed,
+                               model=None if source is not None else args.model,
                                eval_size=args.eval_size, retrieval_eval_size=args.retrieval_size, progress=False,
                                log_every=50)
             row[init] = {"before": summary["before"], "after": summary["after"],

@@ -407,7 +407,9 @@ def bridge_norm_bwd(
     schema="(Tensor x, Tensor z, Tensor? weight, Tensor? bias, Tensor? coef, str mode, "
     "float eps) -> (Tensor, Tensor, Tensor)",
 )
-def _bridge_norm_fwd_op(x, z, weight, bias, coef, mode, eps):
+def _bridge_norm_fwd_op(
+    x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, coef: torch.Tensor | None, mode: str, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # annotated as well: torch < 2.11 infers the schema from them
     return bridge_norm_fwd(x, z, weight, bias, coef, mode, eps)
 
 
@@ -417,5 +419,7 @@ def _bridge_norm_fwd_op(x, z, weight, bias, coef, mode, eps):
     schema="(Tensor dout, Tensor x, Tensor z, Tensor? weight, Tensor? bias, Tensor? coef, "
     "Tensor mean, Tensor rstd, str mode) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
-def _bridge_norm_bwd_op(dout, x, z, weight, bias, coef, mean, rstd, mode):
+def _bridge_norm_bwd_op(
+    dout: torch.Tensor, x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, coef: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, mode: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return bridge_norm_bwd(dout, x, z, weight, bias, coef, mean, rstd, mode)

@@ -477,6 +477,8 @@ def test_torch_compile_traces_the_lazy_triton_path_without_a_graph_break():
         "    c = torch.empty((), device='cuda')\n"
         "    with warnings.catch_warnings():\n"
         "        warnings.simplefilter('error')\n"
+        # torch 2.10's own tracer instantiates an autograd Function and warns about it
+        "        warnings.filterwarnings('ignore', '.*should not be instantiated', DeprecationWarning)\n"
         "        ep = torch.export.export(M(), (x, z, w, c), strict=True)\n"
         "targets = {str(n.target) for n in ep.graph.nodes if n.op == 'call_function'}\n"
         "assert 'bridgetower.bridge_norm_fwd.default' in targets, targets\n"
