@@ -8,8 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := $(VENV)/torch-pin.txt
 # the extras each target needs
-TEST_EXTRAS := test,arrow,webdataset,plot,tracking
-DEMO_EXTRAS := plot
+TEST_EXTRAS := test,arrow,webdataset,plot,tracking,search
+DEMO_EXTRAS := plot,search
 BENCH_EXTRAS := test
 LINT_EXTRAS := dev
 # `make install`: everything the targets above use (xformers is left out: see docs/install.md)

@@ -8,6 +8,8 @@ are extras (``pyproject.toml``, ``docs/install.md``)::
     plot         matplotlib               the curves plot of a training run
     tracking     tensorboard, wandb       --tracker tensorboard / wandb
     xformers     xformers                 the xformers attention backend (CUDA)
+    augment      torchvision              RandAugment fine-tuning augmentation (--augment)
+    search       faiss-cpu                the vector index of ``bridgetower index`` / ``search``
 
 Each import site calls :func:`require` instead of a bare ``import``, so a missing package
 fails with the same message everywhere: what needed it, and ``pip install
@@ -21,10 +23,12 @@ from types import ModuleType
 
 __all__ = ["EXTRAS", "MissingOptionalDependency", "require"]
 
-#: extra -> the packages it installs (their distribution names = their import names)
+#: extra -> the packages it installs, by import name (`faiss` is the distribution `faiss-cpu`)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "arrow": ("pyarrow",),
+    "augment": ("torchvision",),
     "plot": ("matplotlib",),
+    "search": ("faiss",),
     "tracking": ("tensorboard", "wandb"),
     "webdataset": ("webdataset", "braceexpand"),
     "xformers": ("xformers",),

@@ -55,6 +55,20 @@ def test_score_prints_a_table(demo_run, tmp_path, capsys):
     assert all(0.0 <= r["match_probability"] <= 1.0 for r in rows)
 
 
+def test_score_dtype_bfloat16_close_to_float32(demo_run, tmp_path, capsys):
+    image, scene = make_scene(98, 0)
+    path = tmp_path / "scene.png"
+    image.save(path)
+    texts = [scene.caption, "a purple triangle at the top"]
+    logits = {}
+    for dtype in ("float32", "bf16"):
+        assert main(["score", str(path), *texts, "--checkpoint", str(demo_run), "--json", "--dtype", dtype]) == 0
+        logits[dtype] = [r["match_logit"] for r in json.loads(capsys.readouterr().out)]
+    assert max(abs(a - b) for a, b in zip(logits["float32"], logits["bf16"], strict=True)) < 0.1
+    assert main(["score", str(path), "a red circle", "--checkpoint", str(demo_run), "--dtype", "fp16"]) == 2
+    assert "--dtype float16 needs a CUDA device" in capsys.readouterr().err
+
+
 def test_cli_kill_and_resume_ends_with_identical_weights(demo_run, tmp_path, monkeypatch):
     from bridgetower.training import trainer as trainer_mod
 

@@ -212,7 +212,7 @@ def test_finetune_resume_keeps_the_runs_settings(tmp_path, monkeypatch, capsys, 
     assert "from scratch" not in caplog.text and "snli-ve: 3 steps" in capsys.readouterr().out
     want, got = _weights(tmp_path / "straight"), _weights(out)
     assert all(torch.equal(want[k], got[k]) for k in want)
-    strip = ("samples_per_s", "steps_per_s")
+    strip = ("samples_per_s", "steps_per_s", "data_wait_share")
     logs = [[{k: v for k, v in json.loads(line).items() if k not in strip}
              for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (tmp_path / "straight", out)]
     assert logs[0] == logs[1]

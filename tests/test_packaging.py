@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "bridgetower"
 
 # import name -> distribution, where they differ
-DISTRIBUTION = {"PIL": "pillow", "open_clip": "open_clip_torch", "yaml": "pyyaml"}
+DISTRIBUTION = {"PIL": "pillow", "open_clip": "open_clip_torch", "yaml": "pyyaml", "faiss": "faiss-cpu"}
 # imported by the package but deliberately not declared: torch's CUDA wheels bring the Triton
 # they were built with, and every Triton path has a PyTorch fallback
 UNDECLARED = {"triton"}
@@ -53,7 +53,8 @@ def test_require_returns_the_module():
 
 
 def test_require_names_the_extra_and_the_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` fail
+    for name in ("pyarrow", "pyarrow.ipc"):  # makes `import pyarrow.ipc` fail, even after an earlier import
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingOptionalDependency) as e:
         require("pyarrow.ipc", "arrow", needed_for="reading tables", hint="use the JSONL index")
     msg = str(e.value)
@@ -64,7 +65,7 @@ def test_require_names_the_extra_and_the_package(monkeypatch):
 
 
 def test_require_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"unknown extra 'plots'; valid: \['arrow', 'plot'"):
+    with pytest.raises(ValueError, match=r"unknown extra 'plots'; valid: \['arrow', 'augment', 'plot'"):
         require("json", "plots", needed_for="x")
     with pytest.raises(TypeError, match="error must be an ImportError subclass, got <class 'ValueError'>"):
         require("json", "plot", needed_for="x", error=ValueError)
@@ -114,6 +115,18 @@ def _tracking(tmp_path):
     create_trackers("wandb", tmp_path)
 
 
+def _augment(tmp_path):
+    from bridgetower.data.transforms import AugmentedImageTransform
+
+    AugmentedImageTransform(32, "randaug")
+
+
+def _search(tmp_path):
+    from bridgetower.search import build_faiss_index
+
+    build_faiss_index(__import__("numpy").ones((2, 4), dtype="float32"))
+
+
 def _xformers(tmp_path):
     from bridgetower.kernels.attention_backends import xformers
 
@@ -132,6 +145,8 @@ SITES = [  # (missing module, extra, what uses it)
     ("matplotlib", "plot", _plot),
     ("wandb", "tracking", _tracking),
     ("xformers", "xformers", _xformers),
+    ("faiss", "search", _search),
+    ("torchvision", "augment", _augment),
 ]
 
 
@@ -167,7 +182,7 @@ def test_every_optional_package_has_an_import_site():
 def test_extras_in_pyproject_agree_with_the_optional_table():
     extras = _pyproject()["project"]["optional-dependencies"]
     for extra, packages in EXTRAS.items():
-        assert sorted(_name(r) for r in extras[extra]) == sorted(p.replace("_", "-") for p in packages), extra
+        assert sorted(_name(r) for r in extras[extra]) == sorted(DISTRIBUTION.get(p, p).replace("_", "-") for p in packages), extra
     parts = re.fullmatch(r"bridgetower\[(.*)\]", extras["all"][0]).group(1).split(",")
     assert len(extras["all"]) == 1 and sorted(parts) == sorted(set(extras) - {"all"})
 
@@ -193,7 +208,7 @@ def _third_party_imports() -> dict[str, set[str]]:
 def test_core_dependencies_cover_what_the_code_imports():
     project = _pyproject()["project"]
     core = {_name(r) for r in project["dependencies"]}
-    optional = {p.replace("_", "-") for pkgs in EXTRAS.values() for p in pkgs}
+    optional = {DISTRIBUTION.get(p, p).replace("_", "-") for pkgs in EXTRAS.values() for p in pkgs}
     imported = _third_party_imports()
     for module, files in imported.items():
         dist = DISTRIBUTION.get(module, module).lower().replace("_", "-")

@@ -17,19 +17,26 @@ the same :func:`main`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
-from . import evaluate_retrieval, finetune, pretrain, score
-from .common import CLIError
+# OpenMP threads sleep instead of spinning between parallel regions unless the user says
+# otherwise: next to another busy process, spinning threads made a 2-thread training step up
+# to ~4-20x slower (docs/benchmarks.md, 2026-12-03).  Read once, when torch loads its OpenMP
+# runtime, which the imports below do.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .. import __version__  # noqa: E402
+from . import evaluate_retrieval, explain, finetune, index, pretrain, score, search  # noqa: E402
+from .common import CLIError  # noqa: E402
 
 __all__ = ["CLIError", "add_parsers", "build_parser", "main"]
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register every command on ``subparsers`` (each sets ``handler``)."""
-    for command in (pretrain, score, finetune, evaluate_retrieval):
+    for command in (pretrain, score, finetune, evaluate_retrieval, index, search, explain):
         command.add_parser(subparsers)
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 from ..training.pretrain import DEMO_OUTPUT_DIR
 from .common import (
     CLIError,
+    add_dtype_flag,
     check_paths,
-    choose_device,
     find_model_dir,
     load_checkpoint_model,
     non_negative_int,
+    place_model,
     positive_int,
     setup_logging,
 )
@@ -57,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-text-len", type=positive_int, default=50, help="texts are truncated to this many tokens (default: 50)")
     p.add_argument("--output", default=None, metavar="FILE", help="also write the results as JSON to FILE")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_dtype_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run)
 
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--checkpoint: a {type(model).__name__} has neither an ITM nor an IRTR head to rank with")
     if args.candidates == "itc" and getattr(model, "itc", None) is None:
         raise CLIError(f"--candidates itc: a {type(model).__name__} has no ITC head; use --candidates all")
-    model.to(choose_device(args.device, default_cuda=False))
+    place_model(model, args.device, args.dtype)
     image_size = model.config.vision.image_size
     transform = ImageTransform(image_size)
     if args.data:

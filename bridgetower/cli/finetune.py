@@ -127,6 +127,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     r = p.add_argument_group("run")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    r.add_argument("--num-workers", type=non_negative_int, default=0,
+                   help="DataLoader worker processes that read and decode the data (default: 0, in the "
+                   "training process); the batches are the same, resume stays exact")
+    r.add_argument("--augment", choices=("official", "none", "randaug", "randaug-geometric"), default="official",
+                   help="training image augmentation: 'official' (default) = the task's official recipe on "
+                   "official tables (VQA randaug-geometric; NLVR2, SNLI-VE, IRTR randaug), none on synthetic data")
     r.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="fp32; bf16 autocast; fp16 autocast with loss scaling (GPU only) (default: fp32)")
     r.add_argument("--log-every", type=positive_int, default=None, help="log the averaged training metrics every N steps (default: 25)")
@@ -195,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
             retrieval_eval_size=args.retrieval_eval_size, seed=args.seed, device=device,
             precision=args.precision, log_every=args.log_every, eval_every=args.eval_every,
             checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
-            progress=PROGRESS[args.progress], trackers=args.tracker,
+            progress=PROGRESS[args.progress], trackers=args.tracker, augment=args.augment,
+            num_workers=args.num_workers,
         )
     except driver_errors() as e:
         raise_for_driver(e, {"trackers": "--tracker"})

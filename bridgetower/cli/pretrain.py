@@ -87,9 +87,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--allow-remote-data", action="store_true",
                    help="allow --data to name pipe: commands and http(s):// shard URLs (they run shell commands "
                    "or reach the network; refused without this flag)")
-    g.add_argument("--tokenizer", default=None, metavar="DIR",
-                   help="a transformers tokenizer directory (default: a word-level tokenizer built "
-                   "offline from the caption words)")
+    g.add_argument("--tokenizer", default=None, metavar="DIR|HUB_NAME",
+                   help="a transformers tokenizer directory or Hub name (default: the --text-pretrained "
+                   "model's, else a word-level tokenizer built offline from the caption words)")
+    g.add_argument("--vision-pretrained", default=None, metavar="FILE|MODEL:TAG",
+                   help="start the vision tower from an open_clip checkpoint file or an open_clip model "
+                   "and pretrained tag (e.g. ViT-B-16:openai); the --model config must match it")
+    g.add_argument("--text-pretrained", default=None, metavar="DIR|HUB_NAME",
+                   help="start the text tower from a transformers model directory or Hub name (e.g. "
+                   "roberta-base); the --model config must match it")
     g.add_argument("--output-dir", default=None, metavar="DIR",
                    help=f"where checkpoints, metrics and the plot go (default: {DEMO_OUTPUT_DIR} for the "
                    f"demo, {PRETRAIN_OUTPUT_DIR} otherwise). A previous run there is kept: pass --resume "
@@ -114,6 +120,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="CPU/glibc: return freed tensor memory to the system at once (lower peak RSS, "
                         "~20%% more CPU time; see bridgetower.training.cpu_memory)")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    r.add_argument("--num-workers", type=non_negative_int, default=0,
+                   help="DataLoader worker processes that read and decode the data (default: 0, in the "
+                   "training process); the batches are the same, resume stays exact")
     r.add_argument("--keep-checkpoints", type=non_negative_int, default=2, help="newest checkpoints kept (0 = all; default: 2)")
     r.add_argument("--eval-size", type=positive_int, default=None, help="held-out scenes per demo measurement (even; default: 256)")
     r.add_argument("--num-scenes", type=positive_int, default=None,
@@ -193,9 +202,12 @@ def run(args: argparse.Namespace) -> int:
                 gradient_checkpointing=args.gradient_checkpointing, device=device,
                 keep_checkpoints=args.keep_checkpoints, eval_size=args.eval_size, num_scenes=args.num_scenes,
                 progress=PROGRESS[args.progress], trackers=args.tracker, ctx=ctx, strategy=strategy,
+                vision_pretrained=args.vision_pretrained, text_pretrained=args.text_pretrained,
+                num_workers=args.num_workers,
             )
         except driver_errors() as e:
-            raise_for_driver(e, {"trackers": "--tracker", "allow_remote_data": "--allow-remote-data"})
+            raise_for_driver(e, {"trackers": "--tracker", "allow_remote_data": "--allow-remote-data",
+                                 "vision_pretrained": "--vision-pretrained", "text_pretrained": "--text-pretrained"})
     finally:
         if ctx is not None:
             ctx.shutdown()
@@ -222,4 +234,7 @@ def _report(result: dict[str, Any], *, demo: bool) -> int:
           f"plot: {out_dir}/training_curves.png")
     if demo:
         print(f"score an image: bridgetower score IMAGE 'a red circle on the left' --checkpoint {out_dir}")
+        from ..search.demo import run_search_demo
+
+        run_search_demo(out_dir)  # index held-out scenes, two searches, one explanation
     return 0

@@ -10,7 +10,14 @@ import warnings
 from pathlib import Path
 
 from ..training.pretrain import DEMO_OUTPUT_DIR
-from .common import CLIError, choose_device, find_model_dir, load_checkpoint_model, setup_logging
+from .common import (
+    CLIError,
+    add_dtype_flag,
+    find_model_dir,
+    load_checkpoint_model,
+    place_model,
+    setup_logging,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -29,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", default=DEMO_OUTPUT_DIR, metavar="DIR",
                    help=f"a run output dir, its model/ dir or a checkpoint dir (default: {DEMO_OUTPUT_DIR})")
     s.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_dtype_flag(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(handler=run)
 
@@ -52,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_checkpoint_model(model_dir)
     if not hasattr(model, "itm_score"):
         raise CLIError(f"--checkpoint: a {type(model).__name__} has no ITM head to score with")
-    model.to(choose_device(args.device, default_cuda=False))
+    place_model(model, args.device, args.dtype)
     pixel_values = ImageTransform(model.config.vision.image_size)(image)
     with warnings.catch_warnings(record=True) as caught:  # the processor's unknown-token warning: one line
         warnings.simplefilter("always", UserWarning)

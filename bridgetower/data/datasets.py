@@ -532,6 +532,12 @@ class WebDatasetPairs(IterableDataset):
         return self.encoder.encode(image, text.strip(), image_id=key)
 
     def __iter__(self) -> Iterator[dict[str, Any] | Skipped]:
+        return self.iter_from(0)
+
+    def iter_from(self, skip: int) -> Iterator[dict[str, Any] | Skipped | None]:
+        """``iter(self)`` whose first ``skip`` samples are passed over by index: read from the
+        shards (the order, shuffle buffer included, stays the same) but not decoded, yielded as
+        ``None``.  A resumed stream fast-forwards with it."""
         me = current_shard(self.rank, self.world_size)
         shards = self.shards_for(me.rank, me.world_size, me.worker, me.num_workers)
         if not shards:
@@ -544,7 +550,10 @@ class WebDatasetPairs(IterableDataset):
         if self.shuffle_buffer:
             rng = random.Random(hash((self.seed, self.epoch, me.rank, me.worker)))
             items = shuffle_buffer(items, self.shuffle_buffer, rng)
-        for item in items:
+        for n, item in enumerate(items):
+            if n < skip:
+                yield None  # consumed before a resume: not decoded
+                continue
             yield item if isinstance(item, Skipped) else self._decode(item)
         self.stats.since(before).report(logger, self.epoch)
 

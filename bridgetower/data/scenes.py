@@ -146,6 +146,17 @@ class SceneObject:
     def same_look(self, other: SceneObject) -> bool:
         return self.shape == other.shape and self.colour == other.colour
 
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """The drawn shape's bounding box ``(x0, y0, x1, y1)`` in pixels (see ``_draw``)."""
+        cx, cy = self.center
+        r = self.radius
+        if self.shape == "square":
+            return (cx - 0.85 * r, cy - 0.85 * r, cx + 0.85 * r, cy + 0.85 * r)
+        if self.shape == "triangle":
+            return (cx - r, cy - r, cx + r, cy + 0.8 * r)
+        return (cx - r, cy - r, cx + r, cy + r)
+
 
 @dataclass(frozen=True)
 class Scene:

@@ -160,8 +160,14 @@ class CoAttentionLayer(nn.Module):
         *,
         cls_only: bool = False,
         output_attentions: bool = False,
+        part: str = "all",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, Lx, dim); other: (B, Lo, kv_dim); masks (B, Lx), (B, Lo), True/1 = real.
+
+        ``part="self"`` runs only the self-attention sub-block (``other`` unused) and
+        ``part="cross"`` only the rest, on the output of the first; :meth:`self_block` and
+        :meth:`cross_block` call them through the module, so that hooks (FSDP's gathering of
+        the parameters among them) run for each part.
 
         Returns (B, Lx, dim), or with ``cls_only=True`` (B, 1, dim): the first query row
         only (its keys and values still span all of ``x`` and ``other``), exactly
@@ -170,15 +176,41 @@ class CoAttentionLayer(nn.Module):
         and (B, heads, Lx, Lo), differentiable. No checks of its own: the attentions
         validate shapes and masks.
         """
-        q = x[:, :1] if cls_only else x  # (B, 1, dim) or (B, Lx, dim)
-        a = self.self_attn(q, x, key_padding_mask=x_mask, need_weights=output_attentions)
-        a, self_probs = a if output_attentions else (a, None)
-        h = self.self_norm(self.drop(a), q)
+        if part not in ("all", "self", "cross"):
+            raise ValueError(f"CoAttentionLayer: part must be 'all', 'self' or 'cross', got {part!r}")
+        if part != "all" and output_attentions:
+            raise ValueError("CoAttentionLayer: output_attentions needs part='all'")
+        if part == "cross":
+            h, self_probs = x, None
+        else:
+            q = x[:, :1] if cls_only else x  # (B, 1, dim) or (B, Lx, dim)
+            a = self.self_attn(q, x, key_padding_mask=x_mask, need_weights=output_attentions)
+            a, self_probs = a if output_attentions else (a, None)
+            h = self.self_norm(self.drop(a), q)
+            if part == "self":
+                return h
         c = self.cross_attn(h, other, key_padding_mask=other_mask, need_weights=output_attentions)
         c, cross_probs = c if output_attentions else (c, None)
         h = self.cross_norm(self.drop(c), h)
         out = self.mlp_norm(self.drop(self.mlp(h)), h)
         return (out, self_probs, cross_probs) if output_attentions else out
+
+    def self_block(self, x: torch.Tensor, x_mask: torch.Tensor | None = None, *,
+                   cls_only: bool = False) -> torch.Tensor:
+        """The self-attention sub-block ``self_norm(self_attn(x) + x)``: the part of
+        :meth:`forward` that depends on this stream only (see :meth:`cross_block`)."""
+        return self(x, None, x_mask, cls_only=cls_only, part="self")
+
+    def cross_block(self, h: torch.Tensor, other: torch.Tensor,
+                    other_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The rest of :meth:`forward` after :meth:`self_block`: cross-attention on ``other``
+        and the FFN.  ``forward(x, other) == cross_block(self_block(x), other)``."""
+        return self(h, other, None, other_mask, part="cross")
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether a call draws dropout masks (training mode with a dropout > 0)."""
+        return self.training and (self.dropout > 0 or self.attn_dropout > 0)
 
     def extra_repr(self) -> str:
         s = f"{self.dim}, num_heads={self.num_heads}"
@@ -276,6 +308,8 @@ class CoAttentionFusion(nn.Module):
         return_all_layers: bool = False,
         cls_only_last: bool = False,
         output_attentions: bool = False,
+        text_index: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> tuple:
         """Run both stacks.
 
@@ -293,6 +327,13 @@ class CoAttentionFusion(nn.Module):
                 ``(text_self, image_self, text_cross, image_cross)``: (B, heads, Lt, Lt),
                 (B, heads, Li, Li), (B, heads, Lt, Li), (B, heads, Li, Lt) (these
                 attentions run on the ``math`` backend).
+            text_index, image_index: (P,) long tensors, given together: the inputs and
+                masks are then per distinct text / image and the pairs ``(text_index[k],
+                image_index[k])`` are fused (the outputs are per pair).  The first layer's
+                self-attention sub-blocks, which depend on one stream only, then run once
+                per distinct text / image and are gathered after (when no dropout mask is
+                drawn, no attention probabilities are asked for and no checkpointing runs;
+                otherwise the inputs are gathered first: the same result).
 
         Returns:
             ``(text, image)``: (B, Lt, dim) and (B, Li, dim) after the last layer (or the
@@ -308,9 +349,20 @@ class CoAttentionFusion(nn.Module):
                 raise ValueError(f"CoAttentionFusion: {name} must be a list of {n} tensors "
                                  f"(one per cross-modal layer), got {got}")
 
+        if (text_index is None) != (image_index is None):
+            raise ValueError("CoAttentionFusion: pass text_index and image_index together")
+        first = None
+        if text_index is not None:
+            text_inputs, image_inputs, text_mask, image_mask, first = self._pairs(
+                text_inputs, image_inputs, text_mask, image_mask, text_index, image_index,
+                cls_only_last and n == 1, output_attentions)
         x_in, y_in = text_inputs[0], image_inputs[0]
         texts, images, probs = [], [], []
         for i in range(n):
+            if i == 0 and first is not None:  # the self-attention sub-blocks ran per distinct input
+                texts.append(self.text_layers[0].cross_block(first[0], y_in, image_mask))
+                images.append(self.image_layers[0].cross_block(first[1], x_in, text_mask))
+                continue
             if i > 0:
                 x_in = self.text_bridges[i - 1](text_inputs[i], texts[-1])
                 y_in = self.image_bridges[i - 1](image_inputs[i], images[-1])
@@ -324,6 +376,22 @@ class CoAttentionFusion(nn.Module):
             images.append(v)
         out = (texts, images) if return_all_layers else (texts[-1], images[-1])
         return (*out, probs) if output_attentions else out
+
+    def _pairs(self, text_inputs, image_inputs, text_mask, image_mask, text_index, image_index,
+               cls_only, output_attentions):
+        """Per-pair inputs and masks from per-distinct ones, and the first layer's
+        self-attention outputs per pair (or None where they cannot be shared)."""
+        first = None
+        t0, v0 = self.text_layers[0], self.image_layers[0]
+        if not (output_attentions or t0.stochastic or v0.stochastic
+                or (self.gradient_checkpointing and torch.is_grad_enabled())):
+            first = (t0.self_block(text_inputs[0], text_mask, cls_only=cls_only).index_select(0, text_index),
+                     v0.self_block(image_inputs[0], image_mask, cls_only=cls_only).index_select(0, image_index))
+        texts = [t.index_select(0, text_index) for t in text_inputs]
+        images = [v.index_select(0, image_index) for v in image_inputs]
+        tm = text_mask.index_select(0, text_index) if text_mask is not None else None
+        im = image_mask.index_select(0, image_index) if image_mask is not None else None
+        return texts, images, tm, im, first
 
     def extra_repr(self) -> str:
         return (f"{self.dim}, num_layers={self.num_layers}, num_heads={self.num_heads}, "

@@ -71,6 +71,8 @@ def create_model(
     device=None,
     dtype=None,
     strict: bool = True,
+    vision_pretrained: Any = None,
+    text_pretrained: Any = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build the model ``name`` (random weights, or loaded from ``pretrained``).
@@ -86,8 +88,15 @@ def create_model(
             ManagerTower config such as ``managertower-tiny``), ``"itm"``, ``"mlm"``, ``"contrastive"``,
             ``"pretraining"``, ``"vqa"``, ``"nlvr2"``, ``"snli-ve"``, ``"irtr"``
             (:data:`~bridgetower.models.tasks.TASK_MODELS`; ``_`` may stand for ``-``).
-        device, dtype: of the parameters (random init only).
+        device, dtype: of the parameters; ``dtype`` may be a ``torch.dtype`` or its name, and
+            with ``pretrained`` also ``"auto"`` (the checkpoint's dtype): the weights are
+            converted once on loading (``torch.bfloat16`` is the fast CPU path; LayerNorm
+            statistics, softmax and the losses still accumulate in float32).
         strict: for ``pretrained``: raise when checkpoint keys do not match.
+        vision_pretrained, text_pretrained: pretrained uni-modal towers for a new model (see
+            :mod:`~bridgetower.models.pretrained_towers`): a local open_clip checkpoint file
+            or ``"MODEL:TAG"``; a ``transformers`` model name or directory.  The rest stays
+            randomly initialised; the reports are in ``model.pretrained_towers_report``.
         **overrides: config overrides: top-level fields, ``sub={"field": v}`` dicts merged into
             a sub-config, or dotted ``"sub.field"`` keys (``**{"fusion.num_layers": 2}``).
     """
@@ -96,15 +105,31 @@ def create_model(
     from .tasks import get_task_model
 
     cls = get_task_model(task)
+    if pretrained is not None and (vision_pretrained is not None or text_pretrained is not None):
+        raise ValueError("pass either pretrained= (a whole model) or vision_pretrained= / "
+                         "text_pretrained= (uni-modal towers for a new model), not both")
     if pretrained is not None:
         named = get_config(name)  # the name must exist
         if cls is BridgeTowerModel:  # the bare encoder: BridgeTower or ManagerTower, as the name says
             cls = encoder_class(named)
-        model = cls.from_pretrained(pretrained, strict=strict, **overrides)
-        if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
-        return model
+        # dtype / device go to the loader: it converts the weights once and resolves dtype
+        # names and "auto" (the checkpoint's dtype)
+        model = cls.from_pretrained(pretrained, strict=strict, **({"dtype": dtype} if dtype is not None else {}),
+                                    **overrides)
+        return model.to(device) if device is not None else model
+    if isinstance(dtype, str):
+        from .convert.load import _one_dtype
+
+        dtype = _one_dtype(dtype, "dtype")
+        if dtype == "auto":
+            raise ValueError("dtype='auto' needs pretrained= (it means the checkpoint's dtype)")
     config = get_config(name, **overrides)
     if cls is BridgeTowerModel:
         cls = encoder_class(config)
-    return cls(config, device=device, dtype=dtype)
+    model = cls(config, device=device, dtype=dtype)
+    if vision_pretrained is not None or text_pretrained is not None:
+        from .pretrained_towers import load_pretrained_towers
+
+        model.pretrained_towers_report = load_pretrained_towers(
+            model, vision=vision_pretrained, text=text_pretrained)
+    return model

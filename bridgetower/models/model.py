@@ -257,6 +257,8 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         output_hidden_states: bool = False,
         pooled_only: bool = False,
         output_attentions: bool = False,
+        text_index: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> BridgeTowerOutput:
         """Run the cross-modal encoder on precomputed uni-modal states.
 
@@ -276,14 +278,20 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
                 (``attentions``: self-attention, ``cross_attentions``: cross-attention, one
                 ``(text, image)`` pair per layer); those attentions run on the ``math``
                 backend.
+            text_index, image_index: (P,) pair indices, given together (what
+                :meth:`fuse_pairs` passes): the states and masks are per distinct text / image
+                and the pairs ``(text_index[k], image_index[k])`` are fused.  The cross-modal
+                transforms and the first layer's self-attention then run once per distinct
+                input (see :class:`~bridgetower.layers.CoAttentionFusion`).
         """
         n = self.num_layers
+        pairs = text_index is not None or image_index is not None
         if len(text_states) != n or len(image_states) != n:
             raise ValueError(
                 f"fuse expects {n} text and {n} image states (one per cross layer), got "
                 f"{len(text_states)} and {len(image_states)}"
             )
-        if text_states[0].shape[0] != image_states[0].shape[0]:
+        if not pairs and text_states[0].shape[0] != image_states[0].shape[0]:
             raise ValueError(
                 f"text and image batch sizes differ: {tuple(text_states[0].shape)} vs "
                 f"{tuple(image_states[0].shape)}"
@@ -307,6 +315,8 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             return_all_layers=output_hidden_states,
             cls_only_last=pooled_only,
             output_attentions=output_attentions,
+            text_index=text_index,
+            image_index=image_index,
         )
         attentions = cross_attentions = None
         if output_attentions:
@@ -330,8 +340,10 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             pooler_output=pooler_output,
             attentions=attentions,
             cross_attentions=cross_attentions,
-            text_hidden_states=tuple(text_states),
-            image_hidden_states=tuple(image_states),
+            text_hidden_states=tuple(t.index_select(0, text_index) for t in text_states) if pairs
+            else tuple(text_states),
+            image_hidden_states=tuple(v.index_select(0, image_index) for v in image_states) if pairs
+            else tuple(image_states),
             cross_hidden_states=cross,
         )
 
@@ -428,9 +440,13 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
     ) -> BridgeTowerOutput:
         """Fuse the pairs ``(text_index[k], image_index[k])`` of already-encoded inputs.
 
-        The uni-modal states are gathered (``index_select``), so each tower ran once per input
-        however many pairs use it.
+        Each tower ran once per input however many pairs use it.  The states are then gathered
+        (``index_select``); a :class:`BridgeTowerModel` gathers after its cross-modal
+        transforms and first-layer self-attention, which also run once per distinct input.
         """
+        if type(self).fuse is BridgeTowerModel.fuse:
+            return self.fuse(text_states, image_states, attention_mask, image_mask, pooled_only=pooled_only,
+                             text_index=text_index, image_index=image_index)
         ts = [t.index_select(0, text_index) for t in text_states]
         vs = [v.index_select(0, image_index) for v in image_states]
         am = attention_mask.index_select(0, text_index) if attention_mask is not None else None

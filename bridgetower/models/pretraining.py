@@ -28,6 +28,7 @@ import torch
 from ..layers import ITCHead, ITMHead, MLMHead, itc_loss, itm_loss, mlm_loss
 from .base import BatchSpec
 from .config import BridgeTowerConfig
+from .embeddings import EmbeddingsMixin
 from .outputs import BridgeTowerPretrainingOutput
 from .task_base import TaskModel, score_pairs
 
@@ -81,7 +82,7 @@ def check_pretraining_batch(batch: Mapping[str, Any], *, mlm: bool, itm: bool, i
         raise ValueError(f"pixel_mask has {pixel_mask.shape[0]} rows, pixel_values {n_images}")
 
 
-class BridgeTowerForPretraining(TaskModel):
+class BridgeTowerForPretraining(EmbeddingsMixin, TaskModel):
     """MLM + ITM + official ITC heads on one encoder (the pre-training model).
 
     Heads: ``mlm_score`` (:class:`~bridgetower.layers.MLMHead`, eps ``head_layer_norm_eps``),
@@ -123,6 +124,20 @@ class BridgeTowerForPretraining(TaskModel):
         if self.itc is None:
             raise ValueError("this model has no ITC head (config.itc_dim == 0)")
         return self.itc(text_states[-1][:, 0], image_states[-1][:, 0])
+
+    # EmbeddingsMixin: the ITC embeddings; the pair embedding is the normalised pooled output (2H)
+    def _text_embedding(self, text_states):
+        if self.itc is None:
+            raise ValueError("this model has no ITC head (config.itc_dim == 0): embed_text / embed_image need one")
+        return self.itc.itc_text_head(text_states[-1][:, 0])
+
+    def _image_embedding(self, image_states):
+        if self.itc is None:
+            raise ValueError("this model has no ITC head (config.itc_dim == 0): embed_text / embed_image need one")
+        return self.itc.itc_image_head(image_states[-1][:, 0])
+
+    def _pair_embedding(self, pooler_output):
+        return pooler_output
 
     def forward(
         self,

@@ -33,6 +33,7 @@ from .downstream import (
     BridgeTowerForSNLIVE,
     BridgeTowerForVisualQuestionAnswering,
 )
+from .embeddings import EmbeddingsMixin
 from .model import BridgeTowerModel
 from .outputs import BridgeTowerContrastiveOutput, TaskOutput
 from .pretraining import BridgeTowerForPretraining
@@ -118,7 +119,7 @@ def _image_cls_projected(bt: BridgeTowerModel, image_states, image_token_type_id
     ]
 
 
-class BridgeTowerForContrastiveLearning(TaskModel):
+class BridgeTowerForContrastiveLearning(EmbeddingsMixin, TaskModel):
     """HF ``BridgeTowerForContrastiveLearning``: text, image and cross-modal embeddings.
 
     Text CLS of the text tower's last layer, image CLS of the last vision layer after
@@ -163,6 +164,16 @@ class BridgeTowerForContrastiveLearning(TaskModel):
             image_embeds=c.image_embeds,
             cross_embeds=c.cross_embeds,
         )
+
+    # EmbeddingsMixin: embed_text / embed_image / embed_pair = text_embeds / image_embeds / cross_embeds
+    def _text_embedding(self, text_states):
+        return self.contrastive.itc_text_head(text_states[-1][:, 0])
+
+    def _image_embedding(self, image_states):
+        return self.contrastive.itc_image_head(_image_cls_projected(self.bridgetower, image_states))
+
+    def _pair_embedding(self, pooler_output):
+        return self.contrastive.itc_cross_modal_head(pooler_output)
 
 
 TASK_MODELS: dict[str, type[nn.Module]] = {

@@ -275,6 +275,8 @@ def finetune(
     overwrite: bool = False,
     progress: bool | None = None,
     trackers: str | Sequence[str] | None = None,
+    augment: str | None = None,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Fine-tune ``task`` and return a summary (also written to ``finetune_summary.json``).
 
@@ -377,6 +379,17 @@ def finetune(
             f"max_text_len {recipe.max_text_len} does not fit the model's {net.config.text.max_position_embeddings} positions"
         )
     transform = ImageTransform(image_size)
+    # training augmentation: the official recipe's on official tables (None / "official"),
+    # none on the synthetic scenes (a flip would contradict their left/right captions)
+    from ..data.transforms import AUGMENTATIONS, OFFICIAL_AUGMENTATION, AugmentedImageTransform
+
+    kind = augment
+    if kind in (None, "official"):
+        kind = "none" if synthetic else OFFICIAL_AUGMENTATION.get(spec.name, "none")
+    if kind not in AUGMENTATIONS:
+        raise ArgumentError("augment", f"must be 'official' or one of {AUGMENTATIONS}, got {augment!r}")
+    train_transform = transform if kind == "none" else AugmentedImageTransform(image_size, kind)
+    logger.info("training augmentation: %s", kind)
 
     # data
     data_kw = {"transform": transform, "tokenizer": tokenizer, "max_length": recipe.max_text_len, "recipe": recipe}
@@ -384,15 +397,16 @@ def finetune(
         if spec.synthetic is None:
             raise ValueError(f"task {spec.name!r} has no synthetic data set; pass train_data")
         scene_cfg = SceneConfig(image_size=image_size)
-        train_set = spec.synthetic(cfg["train_size"], seed=SYNTHETIC_TRAIN_STREAM + seed, config=scene_cfg, **data_kw)
+        train_set = spec.synthetic(cfg["train_size"], seed=SYNTHETIC_TRAIN_STREAM + seed, config=scene_cfg,
+                                   **{**data_kw, "transform": train_transform})
         val_set = spec.synthetic(cfg["eval_size"], seed=cfg["eval_seed"], config=scene_cfg, **data_kw)
     else:
         if spec.arrow is None:
             raise ValueError(f"task {spec.name!r} cannot read official tables")
-        train_set = spec.arrow(list(train_data), num_answers=num_answers, **data_kw)
+        train_set = spec.arrow(list(train_data), num_answers=num_answers, **{**data_kw, "transform": train_transform})
         val_set = spec.arrow(list(val_data), num_answers=num_answers, **data_kw) if val_data else None
     collate = spec.collate(tokenizer, recipe.max_text_len, recipe)
-    stream = BatchStream(train_set, collate, recipe.batch_size, seed=seed)
+    stream = BatchStream(train_set, collate, recipe.batch_size, seed=seed, num_workers=num_workers)
     steps = _steps_for(recipe, train_set)
     objective = spec.objective()
     evaluator = None

@@ -164,11 +164,14 @@ def caption_words(kind: str, source: Any) -> list[str]:
 
 def _tokenizer(tokenizer: Any, source: tuple[str, Any] | None, max_len: int) -> Any:
     if isinstance(tokenizer, (str, Path)):
-        from transformers import AutoTokenizer
+        from ..models.pretrained_towers import load_tokenizer
 
-        if not Path(tokenizer).is_dir():
+        if Path(tokenizer).exists() and not Path(tokenizer).is_dir():
             raise ArgumentError("tokenizer", f"{str(tokenizer)!r} is not a directory")
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        try:  # a directory, or else a Hub name
+            tokenizer = load_tokenizer(tokenizer)
+        except ValueError as e:
+            raise ArgumentError("tokenizer", str(e)) from None
     elif tokenizer is None and source is None:
         from ..data import build_scene_tokenizer
 
@@ -291,6 +294,9 @@ def pretrain(
     trackers: Any = None,
     ctx: Any = None,
     strategy: str = "none",
+    vision_pretrained: Any = None,
+    text_pretrained: str | Path | None = None,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Pretrain a model with MLM + ITM (+ ITC) and return the run's summary.
 
@@ -305,8 +311,9 @@ def pretrain(
         model: a configuration name, a JSON config file or a ``BridgeTowerConfig`` (default
             ``"bridgetower-tiny"``); the vocabulary size follows the tokenizer.
         data: image-caption data (see :func:`data_source`); ``None``: the synthetic scenes.
-        tokenizer: a ``transformers`` tokenizer or its directory (default: a word-level
-            tokenizer built offline from the caption words).
+        tokenizer: a ``transformers`` tokenizer, its directory or a Hub name (default: the
+            ``text_pretrained`` model's tokenizer, else a word-level tokenizer built offline
+            from the caption words).
         resume: ``True`` / ``"latest"``: continue the run in the output dir from its newest
             usable checkpoint; a path: from that checkpoint directory.  The run's settings
             (recipe, model, data, tokenizer, seed, precision, ``eval_size``, ``num_scenes``)
@@ -326,6 +333,12 @@ def pretrain(
         ctx, strategy: a data-parallel context and ``"ddp"`` / ``"fsdp"``
             (:func:`~bridgetower.training.distributed.start_data_parallel`), or ``None`` /
             ``"none"``.
+        vision_pretrained, text_pretrained: start the towers from pretrained weights (an
+            open_clip checkpoint file or ``"MODEL:TAG"``; a ``transformers`` model name or
+            directory; :mod:`~bridgetower.models.pretrained_towers`); the model config must
+            match them.  Not applied when resuming (the checkpoint has the weights).
+        num_workers: ``DataLoader`` worker processes reading and decoding the data (0: in the
+            training process); the batches are the same (:class:`~bridgetower.training.stream.BatchStream`).
 
     Returns:
         ``summary.json``'s content (``steps``, ``train_seconds``, ``total_seconds``,
@@ -375,8 +388,11 @@ def pretrain(
         saved_tok, saved_cfg = _saved_files(checkpoint_candidates(resume_from)[0]
                                             + checkpoint_candidates(out_dir)[0], run)
     recorded = _recipe_of(run)
-    given = {"model": model, "data": _where(data), "tokenizer": _where(tokenizer) if isinstance(tokenizer, (str, Path))
-             else None, "seed": seed, "precision": precision, "eval_size": eval_size, "num_scenes": num_scenes}
+    if tokenizer is None and text_pretrained is not None:
+        tokenizer = text_pretrained  # the text tower's own tokenizer
+    tok_where = None if not isinstance(tokenizer, (str, Path)) else (
+        _where(tokenizer) if Path(tokenizer).exists() else str(tokenizer))  # a directory or a Hub name
+    given = {"model": model, "data": _where(data), "tokenizer": tok_where, "seed": seed, "precision": precision, "eval_size": eval_size, "num_scenes": num_scenes}
     if recorded is not None:
         settled = resume_settings(run, {k: v for k, v in given.items() if k != "model"})
         recipe = _resume_recipe(recipe, recorded)
@@ -433,7 +449,7 @@ def pretrain(
         collate = SceneTextNegatives(collate, tokenizer, fraction=recipe.text_negatives,
                                      attributes=DEMO_ATTRIBUTE_WEIGHTS, max_length=max_len)
     try:
-        stream = BatchStream(dataset, collate, recipe.batch_size, seed=seed)
+        stream = BatchStream(dataset, collate, recipe.batch_size, seed=seed, num_workers=num_workers)
     except ValueError as e:
         raise ArgumentError("data", str(e)) from None
     try:
@@ -447,6 +463,17 @@ def pretrain(
     # model, optimizer, schedule
     seed_everything(seed)
     net = BridgeTowerForPretraining(config)
+    if (vision_pretrained is not None or text_pretrained is not None) and resume_from is None:
+        from ..models.pretrained_towers import load_pretrained_towers
+
+        for arg, kw in (("vision_pretrained", {"vision": vision_pretrained}), ("text_pretrained", {"text": text_pretrained})):
+            if next(iter(kw.values())) is None:
+                continue
+            try:
+                towers = load_pretrained_towers(net, **kw)
+            except (ValueError, TypeError) as e:
+                raise ArgumentError(arg, str(e)) from None
+            logger.info("pretrained %s", (towers.vision or towers.text).summary())
     objective = PretrainingObjective(
         mlm_weight=recipe.mlm_weight, itm_weight=recipe.itm_weight, itc_weight=recipe.itc_weight,
         itc_gather=all_gather_with_grad if ctx is not None else None, rank=ctx.rank if ctx is not None else 0,

@@ -8,7 +8,7 @@ after training.  The pieces here are those every driver needs:
 * :func:`previous_run`, :func:`check_output_dir`, :func:`replace_previous_run` -- an
   existing run in the output directory is kept unless the caller says to replace it
   (``overwrite``); then only the files and folders the library writes go (:data:`RUN_FILES`,
-  the checkpoints, the saved model's files), each one named in a warning;
+  the checkpoints, the saved model's files, the demo's ``search/`` example), each one named in a warning;
 * :func:`load_run_config`, :func:`resume_settings`, :func:`record_resume` -- a resumed run
   takes its settings from its ``run_config.json``; a setting given again must agree;
 * :func:`tokenizer_saver` -- the ``extra_save`` hook that puts the tokenizer next to every
@@ -78,6 +78,8 @@ _FOLDER_FILES = {
                         r"|spiece\.model|sentencepiece\.bpe\.model|chat_template\.jinja)$"),
     "tensorboard": re.compile(r"^events\.out\.tfevents\..+$"),
     "checkpoints": re.compile(r"^(step-\d{8,}|latest)$"),
+    # the demo's search example (bridgetower.search.demo.run_search_demo)
+    "search": re.compile(r"^(scenes|index|explain\.png|search-\d+\.png)$"),
 }
 
 
@@ -115,7 +117,7 @@ def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -
 
 def replace_previous_run(output_dir: str | Path) -> list[str]:
     """Remove the files a previous run of the library wrote into ``output_dir`` (see
-    :func:`previous_run`; inside ``model/``, ``checkpoints/`` and ``tensorboard/`` only the
+    :func:`previous_run`; inside ``model/``, ``checkpoints/``, ``tensorboard/`` and ``search/`` only the
     entries the library writes, then the folder when it is empty) and the leftovers of
     interrupted writes.  Everything else stays.  Returns the removed paths, also logged."""
     from .checkpoint import clean_interrupted_writes

@@ -13,24 +13,41 @@ resumed from a checkpoint sees exactly the batches the uninterrupted run would h
   (shard shuffling with a fixed seed);
 * the collate function's own randomness (MLM masking, ITM negatives) comes from a
   ``torch.Generator`` seeded from ``(seed, batch index)`` and passed as ``generator=`` when
-  the collate function accepts that keyword.  A collate function that uses the global RNG
-  instead is still exact on resume, because the trainer checkpoints the global RNG states.
+  the collate function accepts that keyword;
+* the global ``torch`` RNG seen by the dataset and the collate function while one batch is
+  made (random image augmentation) is seeded from ``(seed, batch index)`` too, inside
+  ``torch.random.fork_rng``: the training process's own RNG stream (dropout) is untouched.
 
-Loading runs in the training process (no worker processes): the synthetic and small data
-of this package are cheap to produce compared with a training step.
+With ``num_workers=0`` loading runs in the training process.  With ``num_workers > 0`` the
+batches are produced (read, decoded, collated) by ``DataLoader`` worker processes, with pinned
+memory when CUDA is available, and are *the same batches in the same order*: worker ``w`` of
+``N`` produces the batches ``w, w + N, ...`` of the stream and skips the others by index
+(no reading; a map-style dataset only).  An iterable dataset (shards, Arrow tables) is one
+sequence: it is read by one worker process (more are capped to one).  Workers start at the
+stream's position, so a resumed run continues exactly; the parent keeps the position of the
+batches it has handed out (prefetched ones are not counted).  Python's ``random`` and NumPy's
+global RNGs are not seeded per batch: a dataset drawing from them differs between worker
+counts (the package's datasets and collators do not).  Call :meth:`BatchStream.close` (the
+trainer does at the end of ``train()``) to stop the workers at once.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BatchStream"]
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: mixes (seed, index) into one seed
+_GLOBAL_SALT = 0x2545F4914F6CDD1D  # the global-RNG seed of a batch differs from its generator's
 
 
 def _accepts_generator(fn: Callable) -> bool:
@@ -55,7 +72,11 @@ class BatchStream:
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
     ) -> None:
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not callable(collate_fn):
@@ -83,6 +104,12 @@ class BatchStream:
         self.consumed = 0  # batches consumed in total
         self._order: torch.Tensor | None = None
         self._iter: Iterator | None = None
+        if num_workers > 1 and not self._map_style:
+            logger.info("an iterable dataset is one sequence: read by 1 worker process, not %d", num_workers)
+            num_workers = 1
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self._workers: Iterator | None = None  # the DataLoader iterator when num_workers > 0
 
     # -------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -94,6 +121,22 @@ class BatchStream:
         self.consumed = int(state["consumed"])
         self._order = None
         self._iter = None
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes now (they restart at the current position when needed)."""
+        workers, self._workers = getattr(self, "_workers", None), None
+        shutdown = getattr(workers, "_shutdown_workers", None)
+        if shutdown is not None:  # at once: left to the garbage collector it can take seconds
+            shutdown()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_workers"] = None
+        return state
 
     # ---------------------------------------------------------------------------- data
     def _epoch_order(self) -> torch.Tensor:
@@ -121,8 +164,10 @@ class BatchStream:
     def _start_iter(self) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
-        self._iter = iter(self.dataset)
-        for _ in range(self.position * self.batch_size):  # fast-forward after a resume
+        n = self.position * self.batch_size
+        # fast-forward after a resume: a dataset with iter_from passes the samples over undecoded
+        self._iter = self.dataset.iter_from(n) if n and hasattr(self.dataset, "iter_from") else iter(self.dataset)
+        for _ in range(n):
             next(self._iter)
 
     def _next_samples_iter(self) -> list:
@@ -153,11 +198,60 @@ class BatchStream:
         return self
 
     def __next__(self) -> Any:
-        samples = self._next_samples_map() if self._map_style else self._next_samples_iter()
-        if self._pass_generator:
-            batch = self.collate_fn(samples, generator=self.batch_generator(self.consumed))
-        else:
-            batch = self.collate_fn(samples)
+        if self.num_workers == 0:
+            return self._produce()
+        if self._workers is None:
+            loader = DataLoader(
+                _WorkerBatches(self, self.state_dict()), batch_size=None, num_workers=self.num_workers,
+                pin_memory=self.pin_memory, prefetch_factor=2,
+                # the workers' base seed from a private generator: the global RNG stays untouched
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+            self._workers = iter(loader)
+        batch, state = next(self._workers)
+        self.epoch, self.position, self.consumed = state["epoch"], state["position"], state["consumed"]
+        return batch
+
+    def _skip(self) -> None:
+        """Advance past the next batch of a map-style dataset without reading it."""
+        if self.position >= self._batches_per_epoch():
+            self.epoch += 1
+            self.position = 0
+            self._order = None
+        self.position += 1
+        self.consumed += 1
+
+    def _produce(self) -> Any:
+        """Read and collate the next batch in this process."""
+        with torch.random.fork_rng(devices=[]):  # the per-batch global RNG (augmentation)
+            torch.manual_seed((self.seed * _MIX + self.consumed) % (2**63) ^ _GLOBAL_SALT)
+            samples = self._next_samples_map() if self._map_style else self._next_samples_iter()
+            if self._pass_generator:
+                batch = self.collate_fn(samples, generator=self.batch_generator(self.consumed))
+            else:
+                batch = self.collate_fn(samples)
         self.position += 1
         self.consumed += 1
         return batch
+
+
+class _WorkerBatches(IterableDataset):
+    """What a worker process of :class:`BatchStream` runs: a copy of the stream from ``state``
+    producing every ``num_workers``-th batch (its own) with the stream state after it."""
+
+    def __init__(self, stream: BatchStream, state: dict) -> None:
+        self.stream = stream
+        self.state = dict(state)
+
+    def __iter__(self) -> Iterator[tuple[Any, dict]]:
+        info = get_worker_info()
+        worker, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        s = self.stream
+        s.num_workers, s._workers = 0, None  # this copy produces in-process (never the parent's loader)
+        s.load_state_dict(self.state)
+        for j in itertools.count():
+            if j % n == worker:
+                batch = s._produce()
+                yield batch, s.state_dict()
+            else:
+                s._skip()

@@ -396,11 +396,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         n_samples = 0
-        for _ in range(cfg.grad_accum_steps):
+        data_s = 0.0  # time spent waiting for batches
+        for i in range(cfg.grad_accum_steps):
+            t = time.perf_counter()
             batch = self.next_batch()
+            data_s += time.perf_counter() - t
             n_samples += _batch_size(batch)
-            for k, v in self._micro_step(batch).items():
-                sums[k] = sums.get(k, 0.0) + v
+            # gradients are communicated once per optimizer step: with the last micro-batch
+            with self.gradient_sync(i == cfg.grad_accum_steps - 1):
+                for k, v in self._micro_step(batch).items():
+                    sums[k] = sums.get(k, 0.0) + v
         out = {k: v / cfg.grad_accum_steps for k, v in sums.items()}
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -417,7 +422,14 @@ class Trainer:
             self.scheduler.step()
         self.step += 1
         out["samples"] = float(n_samples)
+        out["data_s"] = data_s
         return out
+
+    def gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        """Context of one micro-batch's forward and backward: ``enabled`` for the last of an
+        optimizer step.  A single process has nothing to synchronise; the distributed trainer
+        skips the gradient communication of the other micro-batches."""
+        return contextlib.nullcontext()
 
     def train(self, *, stop_after: int | None = None) -> list[dict]:
         """Train until ``config.max_steps`` (continuing from :attr:`step` after
@@ -433,13 +445,14 @@ class Trainer:
         bar = _Progress(cfg.max_steps, self.step, cfg.progress)
         window = self._window
         t0 = time.perf_counter()
-        timed_steps, timed_samples = 0, 0.0  # the rates count the steps of this call only
+        timed_steps, timed_samples, timed_data = 0, 0.0, 0.0  # the rates count the steps of this call only
         done_this_call = 0
         try:
             while self.step < cfg.max_steps:
                 out = self.train_step()
                 done_this_call += 1
                 samples = out.pop("samples")
+                timed_data += out.pop("data_s")
                 timed_steps, timed_samples = timed_steps + 1, timed_samples + samples
                 window.add(out)
                 last = self.step == cfg.max_steps
@@ -449,17 +462,19 @@ class Trainer:
                     values["lr"] = out["lr"]
                     values["samples_per_s"] = timed_samples / dt
                     values["steps_per_s"] = timed_steps / dt
+                    # the share of the wall time spent waiting for batches: near 1 = input-bound
+                    values["data_wait_share"] = min(timed_data / dt, 1.0)
                     self.history.append(self.metrics.log(self.step, values, split="train"))
-                    bar.update(self.step, {k: values[k] for k in values if k.startswith(("loss", "acc")) or k in ("samples_per_s",)})
+                    bar.update(self.step, {k: values[k] for k in values if k.startswith(("loss", "acc")) or k in ("samples_per_s", "data_wait_share")})
                     window.reset()
-                    t0, timed_steps, timed_samples = time.perf_counter(), 0, 0.0
+                    t0, timed_steps, timed_samples, timed_data = time.perf_counter(), 0, 0.0, 0.0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
                     self.evaluate()
-                    t0, timed_steps, timed_samples = time.perf_counter(), 0, 0.0
+                    t0, timed_steps, timed_samples, timed_data = time.perf_counter(), 0, 0.0, 0.0
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
                     self.save_checkpoint()
                     self.metrics.flush()
-                    t0, timed_steps, timed_samples = time.perf_counter(), 0, 0.0
+                    t0, timed_steps, timed_samples, timed_data = time.perf_counter(), 0, 0.0, 0.0
                 if stop_after is not None and done_this_call >= stop_after and not last:
                     return self.history
             if self.eval_fn is not None and self._last_eval_step != self.step:  # not again after a resume
@@ -471,6 +486,9 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.flush()
+            close = getattr(self.stream, "close", None)
+            if callable(close):  # loader workers stop; a later train() restarts them in place
+                close()
         if cfg.plot:
             self.plot()
         return self.history

@@ -87,7 +87,7 @@ def _run_attempt(tmp_path, pause=None, at_step=None, kill_after=0.0) -> int:
 
 
 def _log(path):
-    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "steps_per_s")}
+    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "steps_per_s", "data_wait_share")}
             for r in read_jsonl(path / "metrics.jsonl")]
 
 

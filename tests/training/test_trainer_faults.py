@@ -23,7 +23,7 @@ from bridgetower.training.metrics import plot_metrics, read_jsonl
 from bridgetower.training.stream import BatchStream
 from bridgetower.training.trainer import UnreadableDataError
 
-_TIMING = ("samples_per_s", "steps_per_s")
+_TIMING = ("samples_per_s", "steps_per_s", "data_wait_share")
 _RUN = {"max_steps": 7, "log_every": 3, "eval_every": 2, "checkpoint_every": 2, "eval_fn": toy_eval}
 
 

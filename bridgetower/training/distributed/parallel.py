@@ -9,8 +9,9 @@ driven by that forward.  With FSDP each module of the model's declared unit type
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,7 +20,8 @@ from torch import nn
 
 from .process_group import DistributedContext
 
-__all__ = ["STRATEGIES", "ObjectiveModule", "ParallelModel", "fsdp_units", "parallelize"]
+__all__ = ["STRATEGIES", "ObjectiveModule", "ParallelModel", "fsdp_units", "objective_leaves_parameters_unused",
+           "parallelize"]
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -85,9 +87,34 @@ class ParallelModel:
     wrapped: nn.Module
     strategy: str
     ctx: DistributedContext
+    #: the averaging of the 0-d parameters FSDP leaves replicated (None: DDP, one process)
+    replicated: _ReplicatedGrads | None = None
 
     def objective(self, model: nn.Module, batch: Any) -> Any:
         return self.wrapped(batch)
+
+    @contextlib.contextmanager
+    def gradient_sync(self, enabled: bool) -> Iterator[None]:
+        """Inside ``gradient_sync(False)`` backward passes only accumulate local gradients (DDP
+        ``no_sync``, FSDP2 ``set_requires_gradient_sync(False)``, no averaging of the replicated
+        scalars); the next backward with sync on communicates the sum once.  For the
+        micro-batches of gradient accumulation: all but the last run without sync."""
+        if enabled or not self.ctx.is_distributed:
+            yield
+            return
+        if self.strategy == "ddp":
+            with self.wrapped.no_sync():
+                yield
+            return
+        self.wrapped.set_requires_gradient_sync(False)  # recursive: every fully_shard unit
+        if self.replicated is not None:
+            self.replicated.sync = False
+        try:
+            yield
+        finally:
+            self.wrapped.set_requires_gradient_sync(True)
+            if self.replicated is not None:
+                self.replicated.sync = True
 
     def run(self, fn: Callable[[nn.Module], Any]) -> Any:
         """``fn(model)`` with the full parameters: through the FSDP root (every rank must call
@@ -103,7 +130,7 @@ def parallelize(
     ctx: DistributedContext,
     *,
     strategy: str = "ddp",
-    find_unused_parameters: bool = True,
+    find_unused_parameters: bool | None = None,
     units: list[nn.Module] | None = None,
     reshard_after_forward: bool = True,
 ) -> ParallelModel:
@@ -111,8 +138,9 @@ def parallelize(
 
     ``strategy="ddp"``: :class:`~torch.nn.parallel.DistributedDataParallel` (rank 0's
     parameters and buffers are broadcast at construction; gradients averaged in the
-    backward).  ``find_unused_parameters`` (default on) lets an objective skip a head (e.g. ITC
-    with weight 0).  ``strategy="fsdp"``: FSDP2 ``fully_shard`` of each module in ``units``
+    backward).  ``find_unused_parameters`` lets an objective skip a head (e.g. ITC with weight 0),
+    at the cost of a graph traversal per step; ``None`` (default) turns it on only when the
+    objective leaves parameters unused (:func:`objective_leaves_parameters_unused`).  ``strategy="fsdp"``: FSDP2 ``fully_shard`` of each module in ``units``
     (default :func:`fsdp_units`), then of the root :class:`ObjectiveModule`, on a 1-D device
     mesh over all ranks; parameters become sharded ``DTensor``s, so build the optimizer
     afterwards.  0-d parameters, which FSDP2 cannot shard, stay replicated outside FSDP (as
@@ -135,6 +163,8 @@ def parallelize(
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        if find_unused_parameters is None:
+            find_unused_parameters = objective_leaves_parameters_unused(objective, model)
         wrapped = DistributedDataParallel(root, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
         return ParallelModel(model, wrapped, strategy, ctx)
     from torch.distributed.device_mesh import init_device_mesh
@@ -147,14 +177,36 @@ def parallelize(
     for unit in units if units is not None else fsdp_units(model):
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=scalars or None)
     fully_shard(root, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=scalars or None)
-    for p in scalars:
-        if p.requires_grad:
-            p.register_hook(_average_grad)
-    return ParallelModel(model, root, strategy, ctx)
+    replicated = _ReplicatedGrads([p for p in scalars if p.requires_grad])
+    return ParallelModel(model, root, strategy, ctx, replicated)
 
 
-def _average_grad(grad: torch.Tensor) -> torch.Tensor:
-    """Gradient hook of a parameter kept outside FSDP: its mean over the ranks."""
-    grad = grad.clone()
-    dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-    return grad / dist.get_world_size()
+def objective_leaves_parameters_unused(objective: Any, model: nn.Module) -> bool:
+    """Whether a training step of ``objective`` leaves some of ``model``'s parameters without a
+    gradient (then DDP needs ``find_unused_parameters``).  An objective may say so itself
+    (``leaves_parameters_unused``: a bool, or a callable taking the model); the pretraining
+    objective leaves the head of each zero-weight loss unused; any other objective is assumed
+    to (the safe choice)."""
+    declared = getattr(objective, "leaves_parameters_unused", None)
+    if declared is not None:
+        return bool(declared(model) if callable(declared) else declared)
+    weights = [getattr(objective, f"{k}_weight", None) for k in ("mlm", "itm", "itc")]
+    if all(isinstance(w, (int, float)) for w in weights):
+        return any(w == 0 for w in weights)
+    return True
+
+
+class _ReplicatedGrads:
+    """Averages over the ranks the gradients of parameters kept outside FSDP, once they are
+    accumulated (a post-accumulate-grad hook), while ``sync`` is on: with accumulation the
+    earlier micro-batches only add up locally and the last one averages the sum."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.sync = True
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._average)
+
+    def _average(self, p: torch.Tensor) -> None:
+        if self.sync:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(dist.get_world_size())

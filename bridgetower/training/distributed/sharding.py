@@ -163,6 +163,12 @@ class ShardedBatchStream:
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state)
 
+    def close(self) -> None:
+        """Stop the wrapped stream's loader workers, if it has any."""
+        close = getattr(self.stream, "close", None)
+        if callable(close):
+            close()
+
     def __iter__(self) -> Iterator[dict]:
         return self
 

@@ -43,7 +43,11 @@ def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     if _is_sharded(model):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        return get_model_state_dict(model, options=_sd_options(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(model, options=_sd_options(full_state_dict=True, cpu_offload=True))
+        # a tensor with fewer rows than ranks comes back as a view of its padded gather buffer,
+        # which safetensors refuses to write: such tensors get their own storage
+        return {k: v.clone() if v.untyped_storage().nbytes() != v.numel() * v.element_size() else v
+                for k, v in state.items()}
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 

@@ -121,6 +121,12 @@ class DistributedTrainer(Trainer):
         out = super().train_step()
         return all_reduce_mean(out, sum_keys=("samples",))
 
+    def gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        """Micro-batches other than an optimizer step's last accumulate gradients locally
+        (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync(False)``): one communication per
+        optimizer step."""
+        return self.parallel.gradient_sync(enabled)
+
     def evaluate(self) -> dict[str, float]:
         if self.eval_fn is None:
             return {}
