@@ -12,7 +12,7 @@ of sharing is ``alone / busy`` samples per second.
 
 Settings: ``default`` (``OMP_NUM_THREADS=2``, spinning waits), ``passive``
 (``OMP_NUM_THREADS=2``, ``OMP_WAIT_POLICY=PASSIVE``: idle threads sleep instead of spinning;
-the ``bridgetower`` command sets this policy unless ``OMP_WAIT_POLICY`` is set), ``1-thread``
+about 2x slower than spinning on an idle machine, so not a default), ``1-thread``
 (``OMP_NUM_THREADS=1``, passive).  Target: sharing costs at most ~2x; on the 2-core machines
 here only ``1-thread`` came near it (docs/benchmarks.md, 2026-12-03).  Asserted for
 ``1-thread`` only when ``BT_BUSY_ASSERT=1`` (the cost depends on the machine's core count and

@@ -17,19 +17,15 @@ the same :func:`main`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
-# OpenMP threads sleep instead of spinning between parallel regions unless the user says
-# otherwise: next to another busy process, spinning threads made a 2-thread training step up
-# to ~4-20x slower (docs/benchmarks.md, 2026-12-03).  Read once, when torch loads its OpenMP
-# runtime, which the imports below do.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .. import __version__  # noqa: E402
-from . import evaluate_retrieval, explain, finetune, index, pretrain, score, search  # noqa: E402
-from .common import CLIError  # noqa: E402
+# The OpenMP wait policy is left to the user: on an idle machine spinning threads (the
+# default) run the demo about 2x faster than OMP_WAIT_POLICY=PASSIVE; on a shared machine,
+# OMP_NUM_THREADS=1 is the setting that degrades least (docs/benchmarks.md, 2026-12-03).
+from .. import __version__
+from . import evaluate_retrieval, explain, finetune, index, pretrain, score, search
+from .common import CLIError
 
 __all__ = ["CLIError", "add_parsers", "build_parser", "main"]
 
