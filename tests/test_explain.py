@@ -120,7 +120,14 @@ def test_cli_explain(tmp_path, capsys):
     image.save(tmp_path / "scene.png")
     assert main(["explain", str(tmp_path / "scene.png"), "a red circle", "--checkpoint", str(SEARCH_MODEL)]) == 0
     assert (tmp_path / "scene-explain.png").read_bytes()[:4] == b"\x89PNG"
-    assert "relevance of the whole text over a 4x4 patch grid" in capsys.readouterr().out
+    out32 = capsys.readouterr().out
+    assert "relevance of the whole text over a 4x4 patch grid" in out32
+    # --dtype bf16: the weights converted once; the match logit within 0.1 of float32's
+    assert main(["explain", str(tmp_path / "scene.png"), "a red circle", "--checkpoint", str(SEARCH_MODEL),
+                 "--dtype", "bf16", "--out", str(tmp_path / "bf16.png")]) == 0
+    out16 = capsys.readouterr().out
+    logit = [float(o.split("match logit ")[1].split(";")[0]) for o in (out32, out16)]
+    assert abs(logit[0] - logit[1]) < 0.1 and (tmp_path / "bf16.png").is_file(), (out32, out16)
     assert main(["explain", str(tmp_path / "missing.png"), "a red circle", "--checkpoint", str(SEARCH_MODEL)]) == 2
 
 

@@ -7,7 +7,14 @@ import argparse
 from pathlib import Path
 
 from ..training.pretrain import DEMO_OUTPUT_DIR
-from .common import CLIError, choose_device, find_model_dir, load_checkpoint_model, setup_logging
+from .common import (
+    CLIError,
+    add_dtype_flag,
+    find_model_dir,
+    load_checkpoint_model,
+    place_model,
+    setup_logging,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -29,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", default=DEMO_OUTPUT_DIR, metavar="DIR",
                    help=f"a run output dir, its model/ dir or a checkpoint dir (default: {DEMO_OUTPUT_DIR})")
     s.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_dtype_flag(s)
     s.set_defaults(handler=run)
 
 
@@ -46,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_checkpoint_model(model_dir)
     if not hasattr(model, "itm_score"):
         raise CLIError(f"--checkpoint: a {type(model).__name__} has no ITM head to explain")
-    model.to(choose_device(args.device, default_cuda=False))
+    place_model(model, args.device, args.dtype)
     out = Path(args.out) if args.out else image.with_name(image.stem + "-explain.png")
     try:
         result = explain(model, tokenizer, image, args.text, token=args.token, out=out)

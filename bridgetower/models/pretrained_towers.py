@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert.adapt import adapt_tensor
+from .convert.adapt import plan_copy
 from .convert.io import read_state_dict
 
 __all__ = [
@@ -104,22 +104,8 @@ def _copy(tower_name: str, module: nn.Module, source_state: Mapping[str, torch.T
     report = TowerLoadReport(tower_name, source)
     target = module.state_dict()
     params = {k for k, _ in module.named_parameters()}
-    plan, bad = [], []
-    for key, want in target.items():
-        if key not in source_state:
-            report.new.append(key)
-            continue
-        have = source_state[key]
-        if tuple(have.shape) == tuple(want.shape):
-            plan.append((key, have))
-            report.copied.append(key)
-            continue
-        adapted = adapt_tensor(key, have, want)
-        if adapted is None:
-            bad.append((key, tuple(have.shape), tuple(want.shape)))
-        else:
-            plan.append((key, adapted[0]))
-            getattr(report, adapted[1]).append(adapted[2])
+    report.new = [k for k in target if k not in source_state]
+    plan, bad = plan_copy(target, source_state, report)
     report.unused = sorted(set(source_state) - set(target))
     missing = [k for k in report.new if k in params and not k.startswith(allowed_new)]
     if bad:

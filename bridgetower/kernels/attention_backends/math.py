@@ -45,8 +45,9 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             probs = probs * dropout_keep / (1.0 - dropout_p)
         else:
             probs = F.dropout(probs, p=dropout_p, training=True)
-    out = torch.matmul(probs.to(v.dtype), v)
-    return (out, probs.to(v.dtype)) if return_probs else out
+    probs = probs.to(v.dtype)  # one cast, so that the returned probabilities are those used (gradients reach them)
+    out = torch.matmul(probs, v)
+    return (out, probs) if return_probs else out
 
 
 class MathBackend(AttentionBackend):

@@ -70,6 +70,31 @@ class WeightCopyReport:
         return {"copied": list(self.copied), "extended": list(self.extended), "resized": list(self.resized)}
 
 
+def plan_copy(target: Mapping[str, torch.Tensor], src_state: Mapping[str, Any], report: Any
+              ) -> tuple[list[tuple[str, Any]], list[tuple[str, tuple, tuple]]]:
+    """What to copy into each key of ``target`` that ``src_state`` has: ``(plan, bad)``, the
+    ``(key, value)`` pairs (same shape, or adapted by :func:`adapt_tensor`) and the
+    ``(key, source shape, target shape)`` of the tensors that cannot be adapted.  Keys copied
+    unchanged go to ``report.copied``, adaptations to ``report.extended`` / ``report.resized``."""
+    plan: list[tuple[str, Any]] = []
+    bad: list[tuple[str, tuple, tuple]] = []
+    for key, want in target.items():
+        if key not in src_state:
+            continue
+        have = src_state[key]
+        if tuple(have.shape) == tuple(want.shape):
+            plan.append((key, have))
+            report.copied.append(key)
+            continue
+        adapted = adapt_tensor(key, have, want)
+        if adapted is None:
+            bad.append((key, tuple(have.shape), tuple(want.shape)))
+        else:
+            plan.append((key, adapted[0]))
+            getattr(report, adapted[1]).append(adapted[2])
+    return plan, bad
+
+
 @torch.no_grad()
 def copy_weights(dst: nn.Module, src_state: Mapping[str, Any], *, what: str = "model") -> WeightCopyReport:
     """Copy every tensor of ``dst.state_dict()`` from ``src_state`` (same keys), adapting the
@@ -88,20 +113,7 @@ def copy_weights(dst: nn.Module, src_state: Mapping[str, Any], *, what: str = "m
             f"{' ...' if len(unexpected) > 8 else ''}"
         )
     report = WeightCopyReport()
-    plan: list[tuple[str, Any]] = []
-    bad = []
-    for key, want in target.items():
-        have = src_state[key]
-        if tuple(have.shape) == tuple(want.shape):
-            plan.append((key, have))
-            report.copied.append(key)
-            continue
-        adapted = adapt_tensor(key, have, want)
-        if adapted is None:
-            bad.append((key, tuple(have.shape), tuple(want.shape)))
-        else:
-            plan.append((key, adapted[0]))
-            getattr(report, adapted[1]).append(adapted[2])
+    plan, bad = plan_copy(target, src_state, report)
     if bad:
         raise ValueError(f"shape mismatches between the source {what} and the destination: {bad[:8]}")
     for key, value in plan:
