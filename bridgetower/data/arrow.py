@@ -117,6 +117,8 @@ class ArrowDataset(IterableDataset):
         rank, world_size: default to ``torch.distributed`` when initialised, else 0 and 1.
     """
 
+    _counting = False  # True inside _count_row
+
     required_columns: tuple[str, ...] = ()
     optional_columns: tuple[str, ...] = ()
 
@@ -200,6 +202,14 @@ class ArrowDataset(IterableDataset):
     # -- reading ----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict[str, Any] | Skipped]:
+        return self.iter_from(0)
+
+    def iter_from(self, skip: int) -> Iterator[dict[str, Any] | Skipped | None]:
+        """``iter(self)`` whose first ``skip`` samples are passed over without decoding their
+        images (yielded as ``None``): a resumed stream fast-forwards with it.  A row wholly
+        inside the first ``skip`` samples is only counted (its text cells read, its images
+        not decoded: a row yields as many items, samples or markers, either way); the row
+        that the boundary cuts is read as usual."""
         me = current_shard(self.rank, self.world_size)
         chunks = self.chunks_for(me.rank, me.world_size, me.worker, me.num_workers)
         if not chunks:
@@ -225,7 +235,18 @@ class ArrowDataset(IterableDataset):
                 name = self.paths[fi].name
                 for j in order:
                     row = {c: v[j] for c, v in cols.items()}
-                    yield from self._row_samples(row, f"{name}#{bi}:{start + j}")
+                    source = f"{name}#{bi}:{start + j}"
+                    if skip > 0:
+                        count = self._count_row(row, source)
+                        if count <= skip:
+                            skip -= count
+                            yield from [None] * count
+                            continue
+                    for item in self._row_samples(row, source):
+                        if skip > 0:
+                            skip -= 1
+                            item = None
+                        yield item
         finally:
             last_batch = None
             for mm, _ in opened.values():
@@ -235,14 +256,29 @@ class ArrowDataset(IterableDataset):
     def _row_samples(self, row: dict[str, Any], source: str) -> Iterator[dict[str, Any] | Skipped]:
         raise NotImplementedError
 
+    def _count_row(self, row: dict[str, Any], source: str) -> int:
+        """How many items (samples and markers) ``row`` yields, without decoding its images or
+        transforming and tokenising anything; nothing is added to ``self.stats`` (the samples
+        were counted by the run that consumed them)."""
+        saved = self.encoder, self.stats, self._counting
+        self.encoder, self.stats, self._counting = _COUNTING_ENCODER, SkipStats(), True
+        try:
+            return sum(1 for _ in self._row_samples(row, source))
+        finally:
+            self.encoder, self.stats, self._counting = saved
+
     # -- helpers for subclasses -------------------------------------------------------------
 
     def _decode(self, value: Any, source: str, n_lost: int) -> Any:
-        """The decoded PIL image of an image cell, or a list of ``n_lost`` Skipped markers."""
+        """The decoded PIL image of an image cell, or a list of ``n_lost`` Skipped markers
+        (while counting, :meth:`_count_row`, image bytes are not decoded: an unreadable image
+        loses as many samples as a readable one gives)."""
         if not isinstance(value, (bytes, bytearray)):  # a null cell
             return [
                 self.stats.add("bad_record", f"{source} (no image)") for _ in range(max(n_lost, 1))
             ]
+        if self._counting:
+            return _NOT_DECODED
         try:
             image = load_image(value)
         except IMAGE_ERRORS as e:
@@ -284,6 +320,20 @@ class ArrowDataset(IterableDataset):
             f"{type(self).__name__}(files={len(self.paths)}, rows={self.num_rows}, "
             f"chunk_rows={self.chunk_rows}, shuffle={self.shuffle})"
         )
+
+
+class _CountingEncoder:
+    """The encoder of :meth:`ArrowDataset._count_row`: no transform, no tokenizer."""
+
+    tokenizer = None
+
+    @staticmethod
+    def visual(image: Any, suffix: str = "") -> dict[str, Any]:
+        return {}
+
+
+_COUNTING_ENCODER = _CountingEncoder()
+_NOT_DECODED = object()  # what _decode returns for image bytes while counting
 
 
 def _list_or_none(value: Any) -> list | None:

@@ -685,3 +685,52 @@ def test_missing_pyarrow_is_a_clear_import_error(tmp_path, monkeypatch, pngs):
         write_arrow_table(tmp_path / "x.arrow", _caption_rows(pngs, 1), "caption")
     with pytest.raises(ImportError, match="pip install pyarrow"):
         ArrowPretrainingPairs(tmp_path / "x.arrow")
+
+
+# ----------------------------------------------------------------------------------------
+# resuming a stream: consumed samples are passed over without decoding
+
+
+def _bad_caption_rows(pngs):
+    rows = _caption_rows(pngs, 6)
+    rows[1]["image"] = b"not an image"  # 3 captions lost as markers
+    rows[3]["caption"] = ["", "a red square", "   "]  # two empty-caption markers + one sample
+    rows[4]["image"] = None  # a null cell: 2 markers
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["pairs", "nlvr2"])
+def test_iter_from_passes_over_consumed_samples_without_decoding(tmp_path, pngs, tok, monkeypatch, kind):
+    from bridgetower.data import arrow as arrow_mod
+
+    if kind == "pairs":
+        path = write_arrow_table(tmp_path / "t.arrow", _bad_caption_rows(pngs), "caption")
+        make = lambda: ArrowPretrainingPairs(path, transform=ImageTransform(32), tokenizer=tok, chunk_rows=2)  # noqa: E731
+    else:
+        rows = [{"image_0": pngs[i], "image_1": pngs[i + 1] if i != 2 else b"broken",
+                 "questions": ["left has more", "odd", "both red"][: 1 + i % 3],
+                 "answers": ["True", "maybe", "False"][: 1 + i % 3], "identifier": f"dev-{i}"} for i in range(6)]
+        path = write_arrow_table(tmp_path / "n.arrow", rows, "nlvr2")
+        make = lambda: ArrowNLVR2Dataset(path, transform=ImageTransform(32), tokenizer=tok, chunk_rows=2)  # noqa: E731
+    full = list(make())
+    assert len(full) >= 8 and any(isinstance(s, Skipped) for s in full)
+    real = arrow_mod.load_image
+    for skip in range(len(full) + 1):
+        decoded = []
+        monkeypatch.setattr(arrow_mod, "load_image", lambda b, decoded=decoded: decoded.append(1) or real(b))
+        ds = make()
+        got = list(ds.iter_from(skip))
+        assert all(g is None for g in got[:skip]) and len(got) == len(full)
+        for a, b in zip(got[skip:], full[skip:], strict=True):
+            assert type(a) is type(b)
+            if isinstance(b, Skipped):
+                assert a == b
+            else:
+                assert a["caption"] == b["caption"]
+                assert torch.equal(torch.as_tensor(a["input_ids"]), torch.as_tensor(b["input_ids"]))
+                assert torch.equal(a["pixel_values"], b["pixel_values"])
+        want = sum(1 for s in full[skip:] if not isinstance(s, Skipped))
+        # images decoded: at most those of the samples still to come, plus the row the boundary cuts
+        assert len(decoded) <= want * (2 if kind == "nlvr2" else 1) + 2, (skip, len(decoded))
+        if skip == len(full):
+            assert not decoded
