@@ -31,14 +31,11 @@ from torch import nn
 
 from ..kernels import check_attention_backend
 from ..layers.co_attention import CoAttentionLayer
-from ..layers.heads import Pooler
 from ..layers.manager import AdaptiveManager, Manager, ManagerFusion
 from .base import BridgeTowerPreTrainedModel
 from .config import BridgeTowerConfig, check_allocation
 from .model import BridgeTowerModel
 from .outputs import BridgeTowerOutput
-from .towers.text import TransformersTextEncoder
-from .towers.vision import OpenCLIPVisionEncoder
 
 __all__ = ["ManagerTowerModel", "encoder_class"]
 
@@ -78,11 +75,7 @@ class ManagerTowerModel(BridgeTowerModel):
         fc, mc = config.fusion, config.manager
         h = fc.hidden_size
         factory = {"device": device, "dtype": dtype}
-        self.vision_model = OpenCLIPVisionEncoder(config.vision, num_outputs=mc.image_layers, **factory)
-        self.text_model = TransformersTextEncoder(config.text, num_outputs=mc.text_layers, **factory)
-        self.cross_modal_text_transform = nn.Linear(config.text.hidden_size, h, **factory)
-        self.cross_modal_image_transform = nn.Linear(config.vision.width, h, **factory)
-        self.token_type_embeddings = nn.Embedding(fc.num_token_types, h, **factory)
+        self._build_towers(mc.text_layers, mc.image_layers, factory)
         self.layer_embeddings_text = nn.Embedding(mc.text_layers, h, **factory)
         self.layer_embeddings_image = nn.Embedding(mc.image_layers, h, **factory)
         self.fusion = ManagerFusion(
@@ -106,12 +99,7 @@ class ManagerTowerModel(BridgeTowerModel):
             attn_backend=config.attn_backend,
             **factory,
         )
-        self.cross_modal_text_pooler = Pooler(h, **factory)
-        self.cross_modal_image_pooler = Pooler(h, **factory)
-        self._reset_own_parameters()
-        if config.gradient_checkpointing:
-            self.set_gradient_checkpointing(True)
-        self.set_attention_backend(config.attn_backend)
+        self._finish_init(factory)
 
     # ------------------------------------------------------------------ set-up
 

@@ -111,11 +111,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         fc = config.fusion
         h, n = fc.hidden_size, fc.num_layers
         factory = {"device": device, "dtype": dtype}
-        self.vision_model = OpenCLIPVisionEncoder(config.vision, num_outputs=n, **factory)
-        self.text_model = TransformersTextEncoder(config.text, num_outputs=n, **factory)
-        self.cross_modal_text_transform = nn.Linear(config.text.hidden_size, h, **factory)
-        self.cross_modal_image_transform = nn.Linear(config.vision.width, h, **factory)
-        self.token_type_embeddings = nn.Embedding(fc.num_token_types, h, **factory)
+        self._build_towers(n, n, factory)
         self.cross_modal_text_layernorm = nn.LayerNorm(h, eps=fc.bridge_layer_norm_eps, **factory)
         self.cross_modal_image_layernorm = nn.LayerNorm(h, eps=fc.bridge_layer_norm_eps, **factory)
         self.fusion = CoAttentionFusion(
@@ -132,14 +128,30 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             attn_backend=config.attn_backend,
             **factory,
         )
+        self._finish_init(factory)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _build_towers(self, text_outputs: int, image_outputs: int, factory: dict) -> None:
+        """The towers (tapping their top ``*_outputs`` layers), the projections into the
+        cross-modal width and the modality token types: what every encoder of this family
+        builds first, in this order (the order of the random initialisation)."""
+        config, h = self.config, self.config.fusion.hidden_size
+        self.vision_model = OpenCLIPVisionEncoder(config.vision, num_outputs=image_outputs, **factory)
+        self.text_model = TransformersTextEncoder(config.text, num_outputs=text_outputs, **factory)
+        self.cross_modal_text_transform = nn.Linear(config.text.hidden_size, h, **factory)
+        self.cross_modal_image_transform = nn.Linear(config.vision.width, h, **factory)
+        self.token_type_embeddings = nn.Embedding(config.fusion.num_token_types, h, **factory)
+
+    def _finish_init(self, factory: dict) -> None:
+        """The poolers, the initialisation of the parts built here, the config's switches."""
+        h = self.config.fusion.hidden_size
         self.cross_modal_text_pooler = Pooler(h, **factory)
         self.cross_modal_image_pooler = Pooler(h, **factory)
         self._reset_own_parameters()
-        if config.gradient_checkpointing:
+        if self.config.gradient_checkpointing:
             self.set_gradient_checkpointing(True)
-        self.set_attention_backend(config.attn_backend)
-
-    # ------------------------------------------------------------------ set-up
+        self.set_attention_backend(self.config.attn_backend)
 
     def _reset_own_parameters(self) -> None:
         """BridgeTower's init of the cross-modal part: Linear/Embedding N(0, 0.02), LN (1, 0)."""
