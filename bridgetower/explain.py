@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._atomic import replaced_on_success
+
 __all__ = ["Explanation", "cross_attention_maps", "explain", "relevance_map", "save_overlay"]
 
 
@@ -192,8 +194,6 @@ def save_overlay(image: Any, relevance: torch.Tensor, out: str | os.PathLike, *,
     heat = Image.fromarray(_heat(up.numpy()))
     blended = Image.blend(base.convert("RGB"), heat, float(alpha))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    blended.save(tmp)
-    os.replace(tmp, out)
+    with replaced_on_success(out) as tmp:
+        blended.save(tmp, format="PNG")
     return out

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import replaced_on_success
 from .index import SearchIndex
 from .sources import load_record_image
 
@@ -189,8 +190,6 @@ def contact_sheet(hits: Sequence[Hit], out: str | os.PathLike, *, title: str | N
         draw.text((x, y + thumb + 2), line, fill=(0, 0, 0))
         draw.text((x, y + thumb + 13), (h.caption or h.id)[: thumb // 6], fill=(80, 80, 80))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, out)
+    with replaced_on_success(out) as tmp:
+        sheet.save(tmp, format="PNG")
     return out
